@@ -1,0 +1,201 @@
+"""Strict loading of Hugging Face checkpoint folders into our params tree.
+
+    config, params = load_pretrained('minilm-l6')
+    tokenizer = load_tokenizer('minilm-l6')
+
+Every parameter of our tree must come from the checkpoint and every checkpoint tensor
+must be used, with matching shapes; otherwise a `CheckpointError` lists what is
+missing, unexpected or mis-shaped. `dont_load` (regexes over our paths) keeps chosen
+parameters at their fresh initialisation; `ignore` (regexes over HF names) skips
+tensors that are not part of the encoder (pre-training and task heads by default).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax
+import jax
+import numpy as np
+
+from research.checkpoints import hf_names, hub
+from research.models.config import EncoderConfig
+
+Params = Mapping[str, Any]
+
+
+class CheckpointError(ValueError):
+  """A checkpoint does not match the model it is loaded into."""
+
+
+def read_tensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint folder as numpy arrays, safetensors preferred."""
+  folder = Path(folder)
+  single = folder / 'model.safetensors'
+  index = folder / 'model.safetensors.index.json'
+  binary = folder / 'pytorch_model.bin'
+  if single.is_file() or index.is_file():
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    files = [single] if single.is_file() else sorted(
+        {folder / f for f in json.loads(index.read_text())['weight_map'].values()})
+    tensors = {}
+    for f in files:
+      try:
+        tensors.update(load_file(str(f)))
+      except Exception as e:
+        raise CheckpointError(f'Cannot read {f}: {type(e).__name__}: {e}') from e
+    return tensors
+  if binary.is_file():
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise CheckpointError(
+          f'{folder} holds only pytorch_model.bin, which needs torch to read: install '
+          'torch (CPU build is enough) or convert the checkpoint to model.safetensors') from e
+    state = torch.load(binary, map_location='cpu', weights_only=True)
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            for k, v in state.items()}
+  raise CheckpointError(f'{folder} has no model.safetensors, safetensors index or '
+                        'pytorch_model.bin')
+
+
+def _normalise_names(tensors: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+  """Strips the task-model prefix ('bert.', ...) and renames old gamma/beta names."""
+  prefix = hf_names.BASE_PREFIX[model_type]
+  out = {}
+  for name, value in tensors.items():
+    if name.startswith(prefix):
+      name = name[len(prefix):]
+    name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', name)
+    name = re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name)
+    out[name] = value
+  return out
+
+
+def _has_pooler(tensors: Mapping[str, np.ndarray]) -> bool:
+  return any(name.startswith('pooler.') for name in tensors)
+
+
+def read_config(folder: str | os.PathLike, **overrides: Any) -> tuple[EncoderConfig, dict]:
+  """Our config and the raw HF config dict of a checkpoint folder."""
+  path = Path(folder) / 'config.json'
+  if not path.is_file():
+    raise FileNotFoundError(f'{folder} has no config.json: not a Hugging Face checkpoint folder')
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{path} is not valid JSON: {e}') from e
+  return hf_names.config_from_hf(hf, **overrides), hf
+
+
+def convert(config: EncoderConfig, tensors: Mapping[str, np.ndarray],
+            init_params: Params | None = None, dont_load: Sequence[str] = (),
+            ignore: Sequence[str] = hf_names.DEFAULT_IGNORE) -> dict:
+  """Builds our params tree from HF tensors, strictly.
+
+  Args:
+    config: the encoder config the params are for.
+    tensors: HF tensor name -> array (prefix already stripped).
+    init_params: a freshly initialised tree; supplies the expected shapes and the
+      values of parameters matched by `dont_load`.
+    dont_load: regexes (re.fullmatch) over our paths that are not loaded.
+    ignore: regexes (re.fullmatch) over HF names of tensors to skip.
+
+  Returns:
+    A nested dict of numpy arrays in our layout and `config.param_dtype`.
+  """
+  if init_params is None:
+    from research.models.encoder import Encoder  # pylint: disable=g-import-not-at-top
+    shapes = jax.eval_shape(lambda: flax.linen.meta.unbox(Encoder(config).init(
+        jax.random.PRNGKey(0), np.zeros((1, 2), np.int32))['params']))
+    init_flat = None
+  else:
+    shapes = init_params
+    init_flat = flax.traverse_util.flatten_dict(init_params, sep='/')
+  expected = {k: tuple(v.shape) for k, v in
+              flax.traverse_util.flatten_dict(shapes, sep='/').items()}
+  skip = lambda path: any(re.fullmatch(p, path) for p in dont_load)
+
+  flat, missing, misshaped, used = {}, [], [], set()
+  for entry in hf_names.tensor_map(config):
+    if entry.ours not in expected:
+      raise CheckpointError(f'Internal name table lists {entry.ours}, absent from the model')
+    if skip(entry.ours):
+      if init_flat is None:
+        raise CheckpointError('dont_load needs init_params to fill the skipped parameters')
+      flat[entry.ours] = np.asarray(init_flat[entry.ours])
+      used.add(entry.hf)
+      continue
+    if entry.hf not in tensors:
+      missing.append(f'{entry.hf} (-> {entry.ours})')
+      continue
+    used.add(entry.hf)
+    want = hf_names.hf_shape(entry.kind, expected[entry.ours])
+    got = tuple(tensors[entry.hf].shape)
+    if got != want:
+      misshaped.append(f'{entry.hf}: checkpoint {got}, model expects {want}')
+      continue
+    flat[entry.ours] = hf_names.to_ours(entry.kind, np.asarray(tensors[entry.hf]),
+                                        expected[entry.ours]).astype(config.params_dtype)
+  unused = sorted(set(tensors) - used)
+  ignored = [n for n in unused if any(re.fullmatch(p, n) for p in ignore)]
+  unexpected = [n for n in unused if n not in ignored]
+  not_in_table = sorted(set(expected) - set(flat))
+  problems = []
+  if missing:
+    problems.append(f'missing tensors: {missing}')
+  if misshaped:
+    problems.append(f'mis-shaped tensors: {misshaped}')
+  if unexpected:
+    problems.append(f'unexpected tensors: {unexpected}')
+  if not_in_table and not missing and not misshaped:
+    problems.append(f'parameters with no checkpoint source: {not_in_table}')
+  if problems:
+    raise CheckpointError(f'Checkpoint does not match the {config.model_type} model: '
+                          + '; '.join(problems)
+                          + '. Use dont_load=[regex] to keep chosen parameters at init.')
+  if ignored:
+    logging.info('Ignored %d non-encoder tensors: %s', len(ignored), ignored)
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def load_pretrained(name: str | os.PathLike, *, dont_load: Sequence[str] = (),
+                    ignore: Sequence[str] = hf_names.DEFAULT_IGNORE, rng=None,
+                    **config_overrides: Any) -> tuple[EncoderConfig, dict]:
+  """Loads a pre-trained encoder.
+
+  Args:
+    name: 'minilm-l6' (bundled, offline), a checkpoint folder, or a Hub id.
+    dont_load: regexes over our param paths to keep at random init (needs `rng`).
+    ignore: regexes over HF tensor names that are not part of the encoder.
+    rng: PRNG key for the parameters named by `dont_load`.
+    **config_overrides: EncoderConfig fields to change (dtype, dropout, ...).
+
+  Returns:
+    `(config, params)` with params a nested dict of numpy arrays.
+  """
+  folder = hub.resolve(name)
+  config, hf = read_config(folder, **config_overrides)
+  tensors = _normalise_names(read_tensors(folder), hf['model_type'])
+  if 'use_pooler' not in config_overrides:
+    config = config.replace(use_pooler=_has_pooler(tensors))
+  init_params = None
+  if dont_load:
+    from research.models.encoder import init_params as init  # pylint: disable=g-import-not-at-top
+    init_params = jax.tree.map(np.asarray, init(config, rng if rng is not None
+                                                 else jax.random.PRNGKey(0)))
+  return config, convert(config, tensors, init_params, dont_load, ignore)
+
+
+def load_tokenizer(name: str | os.PathLike):
+  """The fast tokenizer stored beside the checkpoint `name`."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  folder = hub.resolve(name)
+  tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+  if not tokenizer.is_fast:
+    raise ValueError(f'{folder} has no fast tokenizer (tokenizer.json)')
+  return tokenizer

@@ -1,0 +1,243 @@
+"""How Hugging Face tensor names and configs map onto ours, per model family.
+
+`tensor_map(config)` lists one `Entry` per parameter of our tree: its path, the
+Hugging Face tensor name (without the base-model prefix) and the kind of conversion.
+The same table drives loading and exporting, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from research.models.config import EncoderConfig, MODEL_TYPES
+
+# Prefix a task model (BertForSequenceClassification, ...) puts before the encoder.
+BASE_PREFIX = {'bert': 'bert.', 'roberta': 'roberta.', 'distilbert': 'distilbert.',
+               'albert': 'albert.'}
+
+# Checkpoint tensors that are not part of the encoder: pre-training heads, task heads
+# and non-persistent buffers. They are skipped by default and reported; pass
+# `ignore=()` to the loader to make any of them an error.
+DEFAULT_IGNORE = (
+    r'(.*\.)?position_ids', r'(.*\.)?token_type_ids',
+    r'cls\..*', r'lm_head\..*', r'predictions\..*', r'sop_classifier\..*',
+    r'vocab_(transform|layer_norm|projector)\..*',
+    r'classifier\..*', r'pre_classifier\..*', r'qa_outputs\..*',
+)
+
+_HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
+                   'relu': 'relu'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One parameter: our '/'-joined path, the HF name, and the conversion kind.
+
+  kinds: 'linear' (HF [out, in] <-> ours [in, out]), 'copy' (same layout),
+  'qkv' (HF [heads*d, hidden] <-> ours [hidden, heads, d]), 'qkv_bias'
+  ([heads*d] <-> [heads, d]), 'out' (HF [hidden, heads*d] <-> ours [heads, d, hidden]).
+  """
+  ours: str
+  hf: str
+  kind: str
+
+
+def _layer_names(model_type: str, hf: str) -> dict[str, tuple[str, str]]:
+  """Our sub-path -> (HF sub-name, kind) inside one layer whose HF prefix is `hf`."""
+  if model_type in ('bert', 'roberta'):
+    att, names = f'{hf}attention.', {
+        'query': 'self.query', 'key': 'self.key', 'value': 'self.value',
+        'out': 'output.dense', 'norm': 'output.LayerNorm'}
+    mlp = {'intermediate': f'{hf}intermediate.dense', 'output': f'{hf}output.dense',
+           'norm': f'{hf}output.LayerNorm'}
+  elif model_type == 'distilbert':
+    att, names = f'{hf}attention.', {
+        'query': 'q_lin', 'key': 'k_lin', 'value': 'v_lin', 'out': 'out_lin',
+        'norm': '../sa_layer_norm'}
+    mlp = {'intermediate': f'{hf}ffn.lin1', 'output': f'{hf}ffn.lin2',
+           'norm': f'{hf}output_layer_norm'}
+  else:  # albert
+    att, names = f'{hf}attention.', {
+        'query': 'query', 'key': 'key', 'value': 'value', 'out': 'dense', 'norm': 'LayerNorm'}
+    mlp = {'intermediate': f'{hf}ffn', 'output': f'{hf}ffn_output',
+           'norm': f'{hf}full_layer_layer_norm'}
+
+  def a(name):
+    sub = names[name]
+    return f'{hf}{sub[3:]}' if sub.startswith('../') else att + sub
+
+  return {
+      'attention/query': (a('query'), 'qkv'), 'attention/key': (a('key'), 'qkv'),
+      'attention/value': (a('value'), 'qkv'), 'attention/out': (a('out'), 'out'),
+      'attention_norm': (a('norm'), 'norm'), 'mlp/intermediate': (mlp['intermediate'], 'linear'),
+      'mlp/output': (mlp['output'], 'linear'), 'output_norm': (mlp['norm'], 'norm'),
+  }
+
+
+def tensor_map(config: EncoderConfig) -> list[Entry]:
+  """Every parameter of `config`'s encoder with its Hugging Face name."""
+  mt = config.model_type
+  entries = [Entry('embeddings/word_embeddings/embedding', 'embeddings.word_embeddings.weight',
+                   'copy'),
+             Entry('embeddings/position_embeddings/embedding',
+                   'embeddings.position_embeddings.weight', 'copy'),
+             Entry('embeddings/layer_norm/scale', 'embeddings.LayerNorm.weight', 'copy'),
+             Entry('embeddings/layer_norm/bias', 'embeddings.LayerNorm.bias', 'copy')]
+  if config.type_vocab_size:
+    entries.append(Entry('embeddings/token_type_embeddings/embedding',
+                         'embeddings.token_type_embeddings.weight', 'copy'))
+  if config.embed_size != config.hidden_size:
+    if mt != 'albert':
+      raise ValueError(f'A factorised embedding has no Hugging Face name for {mt!r}')
+    entries += [Entry('embeddings/projection/kernel',
+                      'encoder.embedding_hidden_mapping_in.weight', 'linear'),
+                Entry('embeddings/projection/bias',
+                      'encoder.embedding_hidden_mapping_in.bias', 'copy')]
+  if mt == 'albert':
+    if not config.share_layers:
+      raise ValueError('ALBERT checkpoints require share_layers=True')
+    layers = [('shared_layer', 'encoder.albert_layer_groups.0.albert_layers.0.')]
+  elif config.share_layers:
+    raise ValueError(f'share_layers has no Hugging Face layout for {mt!r}')
+  else:
+    hf_stack = 'transformer.layer' if mt == 'distilbert' else 'encoder.layer'
+    layers = [(f'layer_{i}', f'{hf_stack}.{i}.') for i in range(config.num_layers)]
+  for i, (ours, hf) in enumerate(layers):
+    for sub, (name, kind) in _layer_names(mt, hf).items():
+      if sub == 'mlp/intermediate' and config.ffn(i) == 0:
+        continue
+      if sub == 'mlp/output' and config.ffn(i) == 0:
+        entries.append(Entry(f'{ours}/mlp/output_bias', f'{name}.bias', 'copy'))
+        continue
+      if kind == 'norm':
+        entries += [Entry(f'{ours}/{sub}/scale', f'{name}.weight', 'copy'),
+                    Entry(f'{ours}/{sub}/bias', f'{name}.bias', 'copy')]
+      else:
+        entries += [Entry(f'{ours}/{sub}/kernel', f'{name}.weight', kind),
+                    Entry(f'{ours}/{sub}/bias', f'{name}.bias',
+                          'qkv_bias' if kind == 'qkv' else 'copy')]
+  if config.use_pooler:
+    pooler = 'pooler.' if mt == 'albert' else 'pooler.dense.'
+    entries += [Entry('pooler/kernel', pooler + 'weight', 'linear'),
+                Entry('pooler/bias', pooler + 'bias', 'copy')]
+  return entries
+
+
+def hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The HF tensor shape that corresponds to our parameter `shape`."""
+  if kind == 'linear':
+    return tuple(reversed(shape))
+  if kind == 'qkv':
+    return (shape[1] * shape[2], shape[0])
+  if kind == 'qkv_bias':
+    return (int(np.prod(shape)),)
+  if kind == 'out':
+    return (shape[2], shape[0] * shape[1])
+  return tuple(shape)
+
+
+def to_ours(kind: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """Converts one HF tensor (already checked against `hf_shape`) to our `shape`."""
+  if kind in ('linear', 'qkv', 'out'):
+    tensor = tensor.T
+  return tensor.reshape(shape)
+
+
+def to_hf(kind: str, array: np.ndarray) -> np.ndarray:
+  """Converts one of our arrays to the HF layout (inverse of `to_ours`)."""
+  if kind == 'linear':
+    return array.T
+  if kind == 'qkv':
+    return array.reshape(array.shape[0], -1).T
+  if kind == 'qkv_bias':
+    return array.reshape(-1)
+  if kind == 'out':
+    return array.reshape(-1, array.shape[-1]).T
+  return array
+
+
+def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConfig:
+  """Maps a Hugging Face config.json dict to an `EncoderConfig`."""
+  mt = hf.get('model_type')
+  if mt not in MODEL_TYPES:
+    raise ValueError(f'Unsupported model_type {mt!r} in config.json; supported: '
+                     f'{list(MODEL_TYPES)}')
+  if mt == 'distilbert':
+    act = hf.get('activation', 'gelu')
+    values = dict(vocab_size=hf['vocab_size'], hidden_size=hf['dim'],
+                  num_layers=hf['n_layers'], num_heads=hf['n_heads'],
+                  intermediate_size=hf['hidden_dim'],
+                  max_position_embeddings=hf['max_position_embeddings'],
+                  type_vocab_size=0, layer_norm_eps=1e-12,
+                  hidden_dropout=hf.get('dropout', 0.1),
+                  attention_dropout=hf.get('attention_dropout', 0.1))
+  else:
+    pet = hf.get('position_embedding_type', 'absolute')
+    if pet != 'absolute':
+      raise ValueError(f'position_embedding_type={pet!r} is not supported (only absolute)')
+    act = hf.get('hidden_act', 'gelu')
+    values = dict(vocab_size=hf['vocab_size'], hidden_size=hf['hidden_size'],
+                  num_layers=hf['num_hidden_layers'], num_heads=hf['num_attention_heads'],
+                  intermediate_size=hf['intermediate_size'],
+                  max_position_embeddings=hf['max_position_embeddings'],
+                  type_vocab_size=hf.get('type_vocab_size', 2),
+                  layer_norm_eps=hf.get('layer_norm_eps', 1e-12),
+                  hidden_dropout=hf.get('hidden_dropout_prob', 0.1),
+                  attention_dropout=hf.get('attention_probs_dropout_prob', 0.1))
+  if act not in _HF_ACTIVATIONS:
+    raise ValueError(f'Unsupported activation {act!r}; supported: {sorted(_HF_ACTIVATIONS)}')
+  values['hidden_act'] = _HF_ACTIVATIONS[act]
+  values['pad_token_id'] = hf.get('pad_token_id', 0) or 0
+  values['model_type'] = mt
+  values['head_dim'] = values['hidden_size'] // values['num_heads']
+  if mt == 'roberta':
+    values['position_offset'] = values['pad_token_id'] + 1
+  if mt == 'albert':
+    if hf.get('num_hidden_groups', 1) != 1 or hf.get('inner_group_num', 1) != 1:
+      raise ValueError('Only ALBERT with num_hidden_groups=1 and inner_group_num=1 is supported')
+    values['embedding_size'] = hf['embedding_size']
+    values['share_layers'] = True
+  pruned = hf.get('pruned_heads') or {}
+  if pruned:
+    heads = [values['num_heads'] - len(pruned.get(str(i), pruned.get(i, ())))
+             for i in range(values['num_layers'])]
+    values['num_heads'] = tuple(heads)
+  values.update(overrides)
+  return EncoderConfig(**values)
+
+
+def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
+  """Maps an `EncoderConfig` back to a Hugging Face config.json dict."""
+  mt = config.model_type
+  if not isinstance(config.intermediate_size, int):
+    raise ValueError('Hugging Face configs cannot express per-layer FFN widths '
+                     f'{config.intermediate_size}; keep the checkpoint in our format')
+  full_heads = config.hidden_size // config.head_dim
+  if full_heads * config.head_dim != config.hidden_size:
+    raise ValueError(f'head_dim={config.head_dim} does not divide hidden_size')
+  pruned = {str(i): list(range(config.heads(i), full_heads)) for i in range(config.num_layers)
+            if config.heads(i) != full_heads}
+  act = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}[config.hidden_act]
+  arch = {'bert': 'BertModel', 'roberta': 'RobertaModel', 'distilbert': 'DistilBertModel',
+          'albert': 'AlbertModel'}[mt]
+  hf: dict[str, Any] = {'model_type': mt, 'architectures': [arch],
+                        'vocab_size': config.vocab_size, 'pad_token_id': config.pad_token_id,
+                        'max_position_embeddings': config.max_position_embeddings}
+  if pruned:
+    hf['pruned_heads'] = pruned
+  if mt == 'distilbert':
+    hf.update(dim=config.hidden_size, n_layers=config.num_layers, n_heads=full_heads,
+              hidden_dim=config.intermediate_size, activation=act,
+              dropout=config.hidden_dropout, attention_dropout=config.attention_dropout)
+    return hf
+  hf.update(hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=full_heads, intermediate_size=config.intermediate_size,
+            type_vocab_size=config.type_vocab_size, hidden_act=act,
+            layer_norm_eps=config.layer_norm_eps,
+            hidden_dropout_prob=config.hidden_dropout,
+            attention_probs_dropout_prob=config.attention_dropout)
+  if mt == 'albert':
+    hf.update(embedding_size=config.embed_size, num_hidden_groups=1, inner_group_num=1)
+  return hf
