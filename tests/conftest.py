@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny Hugging Face checkpoints made on the fly, paths to real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)
+
+
+def make_hf_model(model_type: str, **overrides):
+  """A small randomly initialised transformers model of `model_type`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  if model_type == 'bert':
+    config = transformers.BertConfig(**{**TINY, 'type_vocab_size': 3, **overrides})
+    model = transformers.BertModel(config)
+  elif model_type == 'roberta':
+    config = transformers.RobertaConfig(**{**TINY, 'max_position_embeddings': 66,
+                                           'type_vocab_size': 1, 'pad_token_id': 1,
+                                           **overrides})
+    model = transformers.RobertaModel(config)
+  elif model_type == 'distilbert':
+    config = transformers.DistilBertConfig(
+        vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+        max_position_embeddings=64, **overrides)
+    model = transformers.DistilBertModel(config)
+  elif model_type == 'albert':
+    config = transformers.AlbertConfig(**{**TINY, 'embedding_size': 16,
+                                          'hidden_act': 'gelu_new', **overrides})
+    model = transformers.AlbertModel(config)
+  else:
+    raise ValueError(model_type)
+  # Random LayerNorm and bias values, so a swapped or skipped tensor shows up.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if 'LayerNorm' in name or 'layer_norm' in name or name.endswith('bias'):
+        p.add_(0.1 * torch.randn_like(p))
+  model.set_attn_implementation('eager')  # sdpa returns no attention maps
+  return model.eval()
+
+
+@pytest.fixture(scope='session')
+def minilm_folder():
+  from research.checkpoints import resolve  # pylint: disable=g-import-not-at-top
+  try:
+    return resolve('minilm-l6')
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)
+
+
+@pytest.fixture(scope='session')
+def hf_model():
+  """Factory fixture: hf_model('bert', **config_overrides) -> transformers model."""
+  pytest.importorskip('torch')
+  return make_hf_model
