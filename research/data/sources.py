@@ -1,0 +1,56 @@
+"""One entry point for examples: local original-format files or TFDS.
+
+Example:
+  >>> train = load_examples('sst2', 'train', data_dir='/work/shared/data/glue')
+  >>> dev = load_examples('sst2', 'validation')   # TFDS, if reachable
+"""
+
+from typing import Optional, Union
+
+from research.data import local_source, tasks, tfds_source
+from research.data.errors import MissingDataError, PathLike
+
+SOURCES = ('auto', 'local', 'tfds')
+NO_DATA = ('no data: pass --data_dir pointing to a GLUE folder or make TFDS '
+           'reachable')
+
+
+def load_examples(task: Union[str, tasks.TaskSpec], split: str,
+                  data_dir: Optional[PathLike] = None, source: str = 'auto',
+                  strict: bool = True) -> list[dict]:
+  """Loads all examples of a task split.
+
+  Args:
+    task: a task name or a `TaskSpec`.
+    split: 'train', 'validation', 'test' (MNLI: also 'validation_matched', ...).
+    data_dir: a local data folder (see `local_source`); with source='tfds' it
+      is the TFDS data directory instead.
+    source: 'local', 'tfds', or 'auto' = 'local' when `data_dir` is given,
+      else TFDS.
+    strict: local readers only: malformed rows raise (True) or are skipped.
+
+  Returns:
+    A list of example dicts in the common schema of the task kind.
+
+  Raises:
+    ValueError: for an unknown task, split or source.
+    MissingDataError: when the chosen source has no data; for TFDS the message
+      says how to fix it and the TFDS error is chained as the cause.
+    DataFormatError: for a malformed local file.
+  """
+  spec = task if isinstance(task, tasks.TaskSpec) else tasks.get_task(task)
+  if source not in SOURCES:
+    raise ValueError(f'source must be one of {SOURCES}, got {source!r}')
+  spec.file_name(split)  # Fails early on an unknown split.
+  if source == 'local' or (source == 'auto' and data_dir is not None):
+    if data_dir is None:
+      raise MissingDataError(f'{NO_DATA} (source="local" needs data_dir)')
+    return local_source.read_local(spec, split, data_dir, strict=strict)
+  try:
+    return tfds_source.read_tfds(
+        spec, split, data_dir=None if data_dir is None else str(data_dir))
+  except Exception as e:  # TFDS raises many types: import, network, not found.
+    raise MissingDataError(
+        f'{NO_DATA} (task {spec.name!r}, split {split!r}, TFDS '
+        f'{spec.tfds_name!r} failed with {type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""})') from e
