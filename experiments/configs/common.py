@@ -1,0 +1,71 @@
+"""Shared defaults and the `:key=value,flag` argument parser for config files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'task=sst2,runlocal' into a ConfigDict over `defaults`.
+
+  A bare word sets a boolean to True. Values are converted to the default's type;
+  an unknown key is an error naming the valid keys.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}')
+    if not sep:
+      out[key] = True
+    elif isinstance(defaults[key], bool):
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    else:
+      out[key] = type(defaults[key])(value)
+  return out
+
+
+def default_data_dir(task_folder: str = 'glue') -> str:
+  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present."""
+  env = os.environ.get('RESEARCH_DATA_DIR')
+  if env:
+    return env
+  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data' / task_folder
+  return str(shared) if shared.is_dir() else ''
+
+
+def trainer_defaults() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with safe defaults."""
+  c = ml_collections.ConfigDict()
+  c.model = 'minilm-l6'
+  c.task = 'sst2'
+  c.data_dir = ''            # local folder in original formats; '' = TFDS
+  c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'
+  c.eval_split = 'validation'
+  c.train_examples = 0       # 0 = all; >0 takes the first N (smoke runs)
+  c.eval_examples = 0
+  c.max_length = 128
+  c.pad_multiple = 16
+  c.bucket_batches = 100     # sort by length within chunks of this many batches
+  c.batch_size = 32
+  c.eval_batch_size = 128
+  c.num_epochs = 3
+  c.total_steps = 0          # 0 = num_epochs * steps per epoch
+  c.layer_mix = 'top'
+  c.pooling = 'cls'
+  c.head_hidden = 0
+  c.dropout = 0.1
+  c.freeze = 'full'
+  c.dtype = 'float32'
+  c.seed = 0
+  c.log_every = 50
+  c.eval_every = 0           # 0 = once per epoch
+  c.checkpoint_every = 0     # 0 = at every evaluation
+  c.keep_checkpoints = 2
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
+  c.optimizer = ml_collections.ConfigDict({
+      'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
+      'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1, 'llrd': None})
+  return c

@@ -1,0 +1,85 @@
+"""Orbax checkpoints for training: the latest k for resuming, the best one for use.
+
+Layout under the workdir:
+  checkpoints/<step>/{state, data}   train state pytree + the data iterator position
+  best/<step>/{state, data}          params of the best evaluation so far
+
+Orbax writes each step into a temporary folder and renames it when complete, so a
+run killed mid-save leaves the previous checkpoints intact and the partial one is
+ignored on restart.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """Latest-k and best-by-metric checkpoint managers for one workdir.
+
+  Args:
+    workdir: run folder.
+    keep: number of latest checkpoints kept for resuming.
+    best_mode: 'max' or 'min' for the metric that selects the best checkpoint.
+    async_save: write in a background thread (the loop waits before the next save).
+  """
+
+  def __init__(self, workdir: str | os.PathLike, keep: int = 2, best_mode: str = 'max',
+               async_save: bool = True):
+    if keep < 1:
+      raise ValueError(f'keep must be >= 1, got {keep}')
+    workdir = os.path.abspath(os.fspath(workdir))
+    self.latest = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save))
+    self.best = ocp.CheckpointManager(
+        os.path.join(workdir, 'best'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m['score'], best_mode=best_mode,
+            keep_checkpoints_without_metrics=False, enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    """Saves the train state and the data position (waits for the previous save)."""
+    self.latest.wait_until_finished()
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  def save_best(self, step: int, params: Any, score: float, info: dict) -> None:
+    """Offers `params` as the best so far; orbax keeps it only if `score` is better."""
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(params), data=ocp.args.JsonSave(info)),
+                   metrics={'score': float(score)})
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores the state (shaped and sharded like `abstract_state`) and data position."""
+    step = self.latest.latest_step() if step is None else step
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored['state'], restored['data']
+
+  def restore_best(self, abstract_params: Any) -> tuple[Any, dict]:
+    step = self.best.best_step()
+    if step is None:
+      raise FileNotFoundError('No best checkpoint has been saved in this workdir')
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore()))
+    return restored['state'], restored['data']
+
+  def close(self) -> None:
+    self.latest.wait_until_finished()
+    self.latest.close()
+    self.best.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) for restoring into the layout of `tree`."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      tree)

@@ -1,0 +1,69 @@
+"""Device mesh and logical-axis sharding rules: one code path for 1 CPU or a pod.
+
+The mesh has two axes: 'data' (pure data parallelism: params replicated) and 'fsdp'
+(data parallel too, but params and optimizer state are split along their 'embed'
+axis). Batches are split over both. Parameters carry logical axis names (see
+models/encoder.py); `LOGICAL_RULES` maps them to mesh axes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ('data', 'fsdp')
+
+
+def logical_rules(fsdp: bool) -> tuple[tuple[str, Any], ...]:
+  """Logical axis -> mesh axis rules; with fsdp, 'embed' dims are split over 'fsdp'."""
+  return (('batch', BATCH_AXES), ('embed', 'fsdp' if fsdp else None), ('vocab', None),
+          ('heads', None), ('kv', None), ('mlp', None), ('length', None),
+          ('embed_in', None), ('embed_out', None))
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+  """A ('data', 'fsdp') mesh; -1 for `data` means all remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices')
+  if data == -1:
+    data = len(devices) // fsdp
+  if data * fsdp != len(devices):
+    raise ValueError(f'mesh data={data} x fsdp={fsdp} != {len(devices)} devices')
+  return Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
+
+
+def param_shardings(boxed_params: Any, mesh: Mesh) -> Any:
+  """NamedShardings for params whose init carried logical partitioning boxes."""
+  specs = nn.get_partition_spec(boxed_params)
+  fsdp = mesh.shape['fsdp'] > 1
+  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(fsdp))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+  """Places a host-local numpy batch onto the mesh, split along the batch axis.
+
+  Single-host only for now: multi-host runs would assemble the global array with
+  `jax.make_array_from_process_local_data`.
+  """
+  sharding = batch_sharding(mesh)
+  size = mesh.devices.size
+  for key, value in batch.items():
+    if value.shape[0] % size:
+      raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
+                       f'of the {size} devices')
+  if jax.process_count() > 1:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  return {k: jax.device_put(v, sharding) for k, v in batch.items()}

@@ -1,0 +1,226 @@
+"""The canonical fine-tuning loop: data -> model -> optimizer -> sharded jitted steps.
+
+    result = train_and_evaluate(config, workdir)
+
+Reads top to bottom: config checks, data, model, mesh and shardings, optimizer
+(with freezing), resume, the jitted steps, then the loop (log, evaluate, checkpoint).
+A run killed at any point restarts from the workdir's latest checkpoint (params,
+optimizer state, RNG and the data iterator's position), so a resumed run ends with
+the same params as an uninterrupted one. A non-finite loss stops the run before
+anything is saved, leaving the last good checkpoint untouched.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.checkpoints import load_pretrained, load_tokenizer
+from research.data import tasks
+from research.data.batching import BatchIterator
+from research.data.sources import load_examples
+from research.data.tokenize import encode
+from research.models.heads import TaskModel, loss_fn, predictions
+from research.train import evaluation, sharding
+from research.train.checkpointing import Checkpoints, abstract_like
+from research.train.metric_writer import MetricWriter
+from research.train.optimizers import make_optimizer, schedule_from_config
+from research.transforms import freeze
+
+
+def check_config(config) -> None:
+  """Fails fast, naming the field, on values the loop cannot use."""
+  positive = ('batch_size', 'max_length', 'pad_multiple', 'log_every')
+  for name in positive:
+    if config[name] <= 0:
+      raise ValueError(f'config.{name} must be positive, got {config[name]}')
+  for name in ('num_epochs', 'total_steps', 'eval_every', 'checkpoint_every'):
+    if config[name] < 0:
+      raise ValueError(f'config.{name} must be >= 0, got {config[name]}')
+  if not config.num_epochs and not config.total_steps:
+    raise ValueError('Set config.num_epochs or config.total_steps (both are 0)')
+  if config.optimizer.learning_rate < 0:
+    raise ValueError(f'config.optimizer.learning_rate must be >= 0, got '
+                     f'{config.optimizer.learning_rate}')
+  if config.keep_checkpoints < 1:
+    raise ValueError(f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
+
+
+def _slice(examples: list, n: int) -> list:
+  return examples[:n] if n else examples
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Fine-tunes `config.model` on `config.task`; returns the final and best metrics."""
+  check_config(config)
+  workdir = os.fspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  spec = tasks.get_task(config.task)
+
+  # -- Data ------------------------------------------------------------------------
+  tokenizer = load_tokenizer(config.model)
+  data_dir = config.data_dir or None
+  train_examples = _slice(load_examples(spec, 'train', data_dir, config.data_source),
+                          config.train_examples)
+  eval_examples = _slice(load_examples(spec, config.eval_split, data_dir, config.data_source),
+                         config.eval_examples)
+  train_features = encode(spec, train_examples, tokenizer, config.max_length,
+                          training=True).features
+  eval_features = encode(spec, eval_examples, tokenizer, config.max_length).features
+  train_iter = BatchIterator(
+      train_features, config.batch_size, max_length=config.max_length,
+      pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
+      bucket_batches=config.bucket_batches, drop_remainder=True, num_epochs=None,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      pad_id=tokenizer.pad_token_id or 0)
+  steps_per_epoch = len(train_iter)
+  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+  logging.info('%s: %d train / %d eval examples, %d steps (%d per epoch)', spec.name,
+               len(train_examples), len(eval_examples), total_steps, steps_per_epoch)
+
+  # -- Model -----------------------------------------------------------------------
+  encoder_config, encoder_params = load_pretrained(
+      config.model, dtype=config.dtype, hidden_dropout=config.dropout,
+      attention_dropout=config.dropout)
+  num_labels = max(len(spec.label_names), 2) if spec.kind != 'regression' else 1
+  model = TaskModel(encoder_config, spec.kind, num_labels, layer_mix=config.layer_mix,
+                    pooling=config.pooling, head_hidden=config.head_hidden,
+                    head_dropout=config.dropout)
+  rng = jax.random.PRNGKey(config.seed)
+  dummy = jnp.zeros((1, 8), jnp.int32)
+  init = functools.partial(model.init, input_ids=dummy, attention_mask=jnp.ones_like(dummy))
+  boxed = jax.eval_shape(init, rng)['params']
+
+  # -- Mesh and shardings -------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  shardings = sharding.param_shardings(boxed, mesh)
+  with mesh:
+    params = jax.jit(lambda r: nn.meta.unbox(init(r)['params']), out_shardings=shardings)(rng)
+  params = dict(params)
+  params['encoder'] = jax.device_put(encoder_params, shardings['encoder'])
+
+  # -- Optimizer (freezing by optax partition: frozen params hold no state) ---------
+  opt_config = {**config.optimizer.to_dict(), 'total_steps': total_steps}
+  rules = freeze.preset(config.freeze)
+  tx = freeze.with_freezing(make_optimizer(opt_config), params, rules)
+  schedule = schedule_from_config(opt_config)
+  trainable, total = freeze.count_trainable(params, rules)
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(config.seed + 1)}
+
+  # -- Resume: the workdir's latest checkpoint wins ---------------------------------
+  ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
+  best = {'score': -math.inf, 'step': -1}
+  if ckpt.latest_step() is not None:
+    state, data_state = ckpt.restore(abstract_like(state))
+    train_iter.load_state_dict(data_state['iterator'])
+    best = data_state['best']
+    logging.info('Resumed from step %d in %s', int(state['step']), workdir)
+
+  # -- Steps --------------------------------------------------------------------------
+  def forward(params, batch, train, rng=None):
+    return model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
+                       batch.get('token_type_ids'), deterministic=not train,
+                       rngs={'dropout': rng} if train else None)[0]
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch):
+    step_rng = jax.random.fold_in(state['rng'], state['step'])
+
+    def loss(params):
+      return loss_fn(spec.kind, forward(params, batch, True, step_rng), batch)[0]
+
+    value, grads = jax.value_and_grad(loss)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {'loss': value, 'grad_norm': optax.global_norm(grads),
+               'param_norm': optax.global_norm(params),
+               'learning_rate': schedule(state['step'])}
+    return {**state, 'step': state['step'] + 1, 'params': params,
+            'opt_state': opt_state}, metrics
+
+  @jax.jit
+  def predict_step(params, batch):
+    return predictions(spec.kind, forward(params, batch, False))
+
+  def run_eval(params) -> dict[str, float]:
+    outputs = evaluation.gather_predictions(
+        lambda b: predict_step(params, b), eval_features, config.eval_batch_size,
+        config.max_length, config.pad_multiple, put=lambda b: sharding.put_batch(b, mesh))
+    return evaluation.score(spec, eval_examples, eval_features, outputs)
+
+  # -- Loop ---------------------------------------------------------------------------
+  writer = MetricWriter(workdir)
+  eval_every = config.eval_every or steps_per_epoch
+  checkpoint_every = config.checkpoint_every or eval_every
+  start = int(state['step'])
+  progress = _progress(start, total_steps)
+  last_eval: dict[str, float] = {}
+  seen, t0 = 0, time.perf_counter()
+  try:
+    for step in range(start + 1, total_steps + 1):
+      batch = next(train_iter)
+      batch.pop('index'), batch.pop('idx', None)
+      with mesh:
+        state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+      seen += int(batch['weights'].sum())
+      loss_value = float(metrics['loss'])
+      if not math.isfinite(loss_value):
+        raise FloatingPointError(
+            f'Loss is {loss_value} at step {step}; stopping without saving. The last good '
+            f'checkpoint (step {ckpt.latest_step()}) in {workdir} is untouched: lower the '
+            'learning rate or enable gradient clipping, then rerun to resume from it.')
+      if step % config.log_every == 0 or step == total_steps:
+        values = {k: float(v) for k, v in metrics.items()}
+        values['examples_per_sec'] = seen / (time.perf_counter() - t0)
+        writer.write(step, 'train', values)
+        progress.update(step, values)
+        seen, t0 = 0, time.perf_counter()
+      if step % eval_every == 0 or step == total_steps:
+        with mesh:
+          last_eval = run_eval(state['params'])
+        writer.write(step, 'eval', last_eval)
+        progress.message(f'step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in last_eval.items()))
+        score = last_eval[spec.main_metric]
+        if score > best['score']:
+          best = {'score': score, 'step': step}
+          ckpt.save_best(step, state['params'], score, {'metrics': last_eval, 'step': step})
+      if step % checkpoint_every == 0 or step == total_steps:
+        ckpt.save(step, state, {'iterator': train_iter.state_dict(), 'best': best})
+  finally:
+    ckpt.close()
+    writer.close()
+    progress.close()
+  return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
+          'total_params': total, 'workdir': workdir, 'params': state['params'],
+          'model': model}
+
+
+class _progress:
+  """A tqdm bar showing loss, learning rate and examples/s (plain logging without a tty)."""
+
+  def __init__(self, start: int, total: int):
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, mininterval=1.0)
+    self.last = start
+
+  def update(self, step: int, values: dict[str, float]) -> None:
+    self.bar.update(step - self.last)
+    self.last = step
+    self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
+                         ex_s=f"{values['examples_per_sec']:.1f}")
+
+  def message(self, text: str) -> None:
+    self.bar.write(text)
+
+  def close(self) -> None:
+    self.bar.close()
