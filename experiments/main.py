@@ -24,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   summary = {k: result[k] for k in ('final', 'best', 'steps', 'trainable_params',
                                     'total_params', 'workdir')}

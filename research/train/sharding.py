@@ -52,11 +52,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def on_mesh(x: Any, mesh: Mesh) -> NamedSharding:
+  """`x`'s sharding if it is already a NamedSharding on `mesh`, else replicated."""
+  current = getattr(x, 'sharding', None)
+  if isinstance(current, NamedSharding) and current.mesh == mesh:
+    return current
+  return replicated(mesh)
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Places a host-local numpy batch onto the mesh, split along the batch axis.
 
-  Single-host only for now: multi-host runs would assemble the global array with
-  `jax.make_array_from_process_local_data`.
+  On several hosts each passes its own slice and the global array is assembled
+  with `jax.make_array_from_process_local_data`.
   """
   sharding = batch_sharding(mesh)
   size = mesh.devices.size

@@ -116,6 +116,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   trainable, total = freeze.count_trainable(params, rules)
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(config.seed + 1)}
+  # Pin every leaf to a sharding on the mesh and make the step return the same ones:
+  # otherwise step 2 sees differently placed inputs than step 1 and compiles again.
+  state_shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
+  state = jax.device_put(state, state_shardings)
 
   # -- Resume: the workdir's latest checkpoint wins ---------------------------------
   ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -132,7 +136,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
                        batch.get('token_type_ids'), deterministic=not train,
                        rngs={'dropout': rng} if train else None)[0]
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_shardings, None))
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state['rng'], state['step'])
 

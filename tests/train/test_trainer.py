@@ -1,0 +1,176 @@
+"""The trainer end to end on a tiny model and real SST-2 rows: logging, checkpoints,
+resume after SIGKILL, multi-device equality, NaN handling and config errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs.common import trainer_defaults
+from research.checkpoints import export_pretrained
+from research.models import EncoderConfig, init_params
+from research.train import trainer
+from research.train.metric_writer import read_metrics
+
+GLUE = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'glue'
+RUNNER = Path(__file__).with_name('run_trainer.py')
+pytestmark = pytest.mark.skipif(not (GLUE / 'SST-2').is_dir(), reason='needs ../shared/data')
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+  """A 2-layer, 32-wide random BERT with the bundled MiniLM tokenizer."""
+  config = EncoderConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)
+  folder = tmp_path_factory.mktemp('tiny_bert')
+  export_pretrained(config, init_params(config, jax.random.PRNGKey(0)), folder,
+                    tokenizer_from='minilm-l6')
+  return str(folder)
+
+
+def tiny_config(model, **overrides):
+  c = trainer_defaults()
+  c.model = model
+  c.data_dir = str(GLUE)
+  c.train_examples, c.eval_examples = 96, 40
+  c.batch_size, c.eval_batch_size = 16, 16
+  # One pad length (32) so each jitted step compiles once: tests stay fast.
+  c.max_length, c.pad_multiple, c.bucket_batches = 32, 32, 2
+  c.num_epochs, c.total_steps = 0, 6
+  c.log_every, c.eval_every, c.checkpoint_every = 1, 3, 2
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_ratio = 0.5
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def run_subprocess(config, workdir, out, env=None, wait=True):
+  path = Path(str(out) + '.config.json')
+  path.write_text(config.to_json())
+  cmd = [sys.executable, str(RUNNER), str(path), str(workdir), str(out)]
+  proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if wait:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  return proc
+
+
+def test_end_to_end_logs_evaluates_and_checkpoints(tiny_model, tmp_path):
+  result = trainer.train_and_evaluate(tiny_config(tiny_model), tmp_path)
+  train = read_metrics(tmp_path, 'train')
+  evals = read_metrics(tmp_path, 'eval')
+  assert [r['step'] for r in train] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(r['loss']) and r['examples_per_sec'] > 0 for r in train)
+  assert train[0]['learning_rate'] < train[2]['learning_rate']  # warmup
+  assert [r['step'] for r in evals] == [3, 6]
+  assert 0 <= evals[-1]['accuracy'] <= 100
+  assert result['final'] == {'accuracy': evals[-1]['accuracy']}
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '6']  # keep=2
+  assert os.listdir(tmp_path / 'best')
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def subprocess_config(model):
+  # Dropout off: its masks depend on how a batch is split over devices. Many small
+  # checkpointed steps so a kill lands mid-run.
+  config = tiny_config(model, total_steps=24, checkpoint_every=2, eval_every=12)
+  config.dropout = 0.0
+  return config
+
+
+@pytest.fixture(scope='module')
+def reference_run(tiny_model, tmp_path_factory):
+  """An uninterrupted single-device run; its final params as an npz file."""
+  out = tmp_path_factory.mktemp('reference')
+  run_subprocess(subprocess_config(tiny_model), out / 'workdir', out / 'params.npz')
+  return out / 'params.npz'
+
+
+def assert_same_params(reference, other, **tolerance):
+  a, b = np.load(reference), np.load(other)
+  assert a.files == b.files
+  for key in a.files:
+    if tolerance:
+      np.testing.assert_allclose(a[key], b[key], err_msg=key, **tolerance)
+    else:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_sigkill_and_resume_gives_identical_params(tiny_model, reference_run, tmp_path):
+  config = subprocess_config(tiny_model)
+  proc = run_subprocess(config, tmp_path / 'killed', tmp_path / 'killed.npz', wait=False)
+  deadline = time.time() + 300
+  while not (tmp_path / 'killed' / 'checkpoints' / '4').is_dir():
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+  assert not (tmp_path / 'killed.npz').exists()
+  run_subprocess(config, tmp_path / 'killed', tmp_path / 'killed.npz')
+  assert_same_params(reference_run, tmp_path / 'killed.npz')  # bit-identical
+  final = [json.loads(Path(f'{p}.json').read_text())
+           for p in (reference_run, tmp_path / 'killed.npz')]
+  assert final[0] == final[1]
+
+
+@pytest.mark.parametrize('data, fsdp', [(8, 1), (4, 2)])
+def test_eight_devices_match_one_device(tiny_model, reference_run, tmp_path, data, fsdp):
+  """Data parallel (8) and FSDP (4 x 2) on forced host devices vs one device."""
+  config = subprocess_config(tiny_model)
+  config.mesh.data, config.mesh.fsdp = data, fsdp
+  run_subprocess(config, tmp_path / 'workdir', tmp_path / 'params.npz',
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  # Reductions split over devices add in another order: float32 rounding only,
+  # grown over 24 Adam steps.
+  assert_same_params(reference_run, tmp_path / 'params.npz', atol=1e-4, rtol=1e-3)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, tmp_path, monkeypatch):
+  trainer.train_and_evaluate(tiny_config(tiny_model, total_steps=2, eval_every=2), tmp_path)
+  saved = sorted(os.listdir(tmp_path / 'checkpoints'))
+  before = {p: p.stat().st_mtime_ns for p in (tmp_path / 'checkpoints').rglob('*')}
+
+  real_loss = trainer.loss_fn
+  monkeypatch.setattr(trainer, 'loss_fn',
+                      lambda kind, logits, batch: tuple(v * np.nan if i == 0 else v
+                                                        for i, v in enumerate(real_loss(
+                                                            kind, logits, batch))))
+  with pytest.raises(FloatingPointError, match=r'Loss is nan at step 3.*step 2'):
+    trainer.train_and_evaluate(tiny_config(tiny_model, total_steps=4, eval_every=2),
+                               tmp_path)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == saved
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / 'checkpoints').rglob('*')} == before
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('batch_size', 0, 'batch_size must be positive'),
+    ('optimizer.learning_rate', -1e-4, 'learning_rate must be >= 0'),
+    ('max_length', -5, 'max_length must be positive'),
+    ('keep_checkpoints', 0, 'keep_checkpoints must be >= 1'),
+])
+def test_bad_config_values_are_named(tiny_model, tmp_path, field, value, message):
+  config = tiny_config(tiny_model)
+  if '.' in field:
+    outer, inner = field.split('.')
+    config[outer][inner] = value
+  else:
+    config[field] = value
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_task_is_named(tiny_model, tmp_path):
+  with pytest.raises(ValueError, match="sst3"):
+    trainer.train_and_evaluate(tiny_config(tiny_model, task='sst3'), tmp_path)
