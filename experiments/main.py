@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from research.data import tasks
+from research.evaluate.plots import training_curves
 from research.train.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
@@ -25,10 +28,21 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  result = train_and_evaluate(config, workdir)
   summary = {k: result[k] for k in ('final', 'best', 'steps', 'trainable_params',
-                                    'total_params', 'workdir')}
+                                    'total_params')}
+  summary['outputs'] = {
+      'metrics (JSONL)': os.path.join(workdir, 'metrics.jsonl'),
+      'tensorboard': os.path.join(workdir, 'tensorboard'),
+      'checkpoints (latest, for resuming)': os.path.join(workdir, 'checkpoints'),
+      'checkpoint (best dev score)': os.path.join(workdir, 'best'),
+      'plot': training_curves(workdir),
+  }
   print(json.dumps(summary, indent=2))
+  main_metric = tasks.get_task(config.task).main_metric
+  print(f'\n{config.task} dev {main_metric}: {result["final"].get(main_metric, float("nan")):.2f} '
+        f'(best {result["best"]["score"]:.2f} at step {result["best"]["step"]})')
 
 
 if __name__ == '__main__':

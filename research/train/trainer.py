@@ -114,6 +114,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   tx = freeze.with_freezing(make_optimizer(opt_config), params, rules)
   schedule = schedule_from_config(opt_config)
   trainable, total = freeze.count_trainable(params, rules)
+  # A wholly frozen encoder (feature extraction) is cut out of the backward pass, so
+  # XLA skips its gradients instead of computing and then discarding them.
+  labels = freeze.freeze_labels(params, rules)
+  encoder_frozen = all(label == 'freeze' for label in jax.tree.leaves(labels['encoder']))
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(config.seed + 1)}
   # Pin every leaf to a sharding on the mesh and make the step return the same ones:
@@ -141,6 +145,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     step_rng = jax.random.fold_in(state['rng'], state['step'])
 
     def loss(params):
+      if encoder_frozen:
+        params = {**params, 'encoder': jax.lax.stop_gradient(params['encoder'])}
       return loss_fn(spec.kind, forward(params, batch, True, step_rng), batch)[0]
 
     value, grads = jax.value_and_grad(loss)(state['params'])

@@ -174,3 +174,15 @@ def test_bad_config_values_are_named(tiny_model, tmp_path, field, value, message
 def test_unknown_task_is_named(tiny_model, tmp_path):
   with pytest.raises(ValueError, match="sst3"):
     trainer.train_and_evaluate(tiny_config(tiny_model, task='sst3'), tmp_path)
+
+
+def test_feature_extractor_trains_only_head_and_mix(tiny_model, tmp_path):
+  config = tiny_config(tiny_model, total_steps=2, eval_every=2, freeze='feature_extractor',
+                       layer_mix='scalar_mix')
+  result = trainer.train_and_evaluate(config, tmp_path)
+  from research.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+  _, loaded = load_pretrained(tiny_model)
+  for got, want in zip(jax.tree.leaves(result['params']['encoder']), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  assert np.abs(np.asarray(result['params']['layer_mix']['weights'])).max() > 0
+  assert result['trainable_params'] < result['total_params'] / 100

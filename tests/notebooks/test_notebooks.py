@@ -1,0 +1,89 @@
+"""Executes the notebooks end to end in their tiny mode and checks what they print.
+
+Each notebook runs in a fresh python3 kernel (the one installed in the venv), with
+NOTEBOOK_TINY=1 and the repo root as its working directory, as CI does.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / 'notebooks'
+CELL_TIMEOUT_S = 600  # generous: shared 2-core CI machines compile slowly
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+  nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+  env = {**os.environ, 'NOTEBOOK_TINY': '1', 'HF_HUB_OFFLINE': '1',
+         'TRANSFORMERS_OFFLINE': '1', 'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
+  client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name='python3')
+  # jupyter_client launches a 'python' kernelspec with sys.executable, i.e. this venv.
+  client.execute(cwd=str(ROOT), env=env)  # raises CellExecutionError on a failing cell
+  return nb
+
+
+def stream_text(nb) -> str:
+  parts = []
+  for cell in nb.cells:
+    for out in cell.get('outputs', []):
+      if out.get('output_type') == 'stream' and out.get('name') == 'stdout':
+        parts.append(out['text'])
+      elif 'data' in out and 'text/plain' in out['data']:
+        parts.append(out['data']['text/plain'])
+  return '\n'.join(parts)
+
+
+@pytest.fixture(scope='module')
+def transfer_nb():
+  return execute('01_transfer_learning.ipynb')
+
+
+def test_transfer_learning_runs_without_errors(transfer_nb):
+  errors = [out for cell in transfer_nb.cells for out in cell.get('outputs', [])
+            if out.get('output_type') == 'error']
+  assert not errors, errors
+  assert 'tiny=True' in stream_text(transfer_nb)
+
+
+def test_scalar_mix_weights_are_a_distribution_and_plotted(transfer_nb):
+  text = stream_text(transfer_nb)
+  line = re.search(r'scalar-mix weights: ([\d. ]+)', text)
+  assert line, text
+  weights = [float(w) for w in line.group(1).split()]
+  assert len(weights) == 7  # embeddings + 6 layers of MiniLM-L6
+  assert all(0 < w < 1 for w in weights)
+  assert abs(sum(weights) - 1) < 1e-3  # printed to 4 decimals
+  assert float(re.search(r'sum = ([\d.]+)', text).group(1)) == pytest.approx(1, abs=1e-5)
+  images = [out for cell in transfer_nb.cells for out in cell.get('outputs', [])
+            if 'image/png' in out.get('data', {})]
+  assert len(images) == 1
+
+
+def test_freezing_table_orders_presets_by_trainable_params(transfer_nb):
+  text = stream_text(transfer_nb)
+  rows = {}
+  for m in re.finditer(r'^(\S+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)%\s+([\d,]+)\s*$', text,
+                       re.MULTILINE):
+    rows[m.group(1)] = dict(acc=float(m.group(2)), trainable=int(m.group(3).replace(',', '')),
+                            state=int(m.group(5).replace(',', '')))
+  assert set(rows) == {'full', 'feature_extractor', 'bitfit', 'bottom:3'}, text
+  for r in rows.values():
+    assert 0 <= r['acc'] <= 100
+  order = ['feature_extractor', 'bitfit', 'bottom:3', 'full']
+  trainable = [rows[n]['trainable'] for n in order]
+  state = [rows[n]['state'] for n in order]
+  assert trainable == sorted(trainable) and len(set(trainable)) == 4, rows
+  assert state == sorted(state) and len(set(state)) == 4, rows
+  # MiniLM-L6 has ~22.7M parameters; the frozen-encoder head + mix is under 1k.
+  assert rows['full']['trainable'] > 2e7
+  assert rows['feature_extractor']['trainable'] < 2000
+  # AdamW: two float32 moments per trainable parameter (+ small step counters).
+  for r in rows.values():
+    assert 8 * r['trainable'] <= r['state'] <= 8 * r['trainable'] + 1024
