@@ -74,3 +74,10 @@ def hf_model():
   """Factory fixture: hf_model('bert', **config_overrides) -> transformers model."""
   pytest.importorskip('torch')
   return make_hf_model
+
+
+@pytest.fixture(scope='session')
+def tok(minilm_folder):
+  """The bundled MiniLM's fast (BERT uncased WordPiece) tokenizer."""
+  from research.checkpoints import load_tokenizer  # pylint: disable=g-import-not-at-top
+  return load_tokenizer(str(minilm_folder))

@@ -152,7 +152,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     value, grads = jax.value_and_grad(loss)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {'loss': value, 'grad_norm': optax.global_norm(grads),
+    # The norm covers trainable gradients only: reading frozen ones would force XLA to
+    # compute them, and they never move a parameter.
+    trainable_grads = [g for g, label in zip(jax.tree.leaves(grads), jax.tree.leaves(labels))
+                       if label == 'train']
+    metrics = {'loss': value, 'grad_norm': optax.global_norm(trainable_grads),
                'param_norm': optax.global_norm(params),
                'learning_rate': schedule(state['step'])}
     return {**state, 'step': state['step'] + 1, 'params': params,

