@@ -27,6 +27,14 @@ hold no Adam moments), and the wall time of the whole run (data, compile, train,
 evaluation, checkpoints). Writes results.md and results.json to --out; each run's
 workdir (checkpoints, metrics) goes to --out/workdirs/<preset> and is deleted after the
 run unless --keep_workdirs (a leftover workdir would otherwise be resumed).
+
+Measured with the defaults (4,000 train sentences, 125 steps, 872 dev; 2 shared CPU
+cores): dev accuracy full 82.6, bottom:3 82.3, BitFit 78.4, feature extractor 72.4;
+trainable 22.7M / 5.47M / 26,882 / 770; Adam state 173 MiB / 42 MiB / 210 KiB / 6 KiB;
+wall 161 / 134 / 131 / 68 s (the trainer stops gradients at a wholly frozen encoder,
+so the feature extractor skips the encoder's backward pass; BitFit and bottom-k still
+compute it). The frozen-encoder head is under-trained at this budget: a linear probe
+on all 67k sentences reaches ~80.7 (experiments/layer_probe.py).
 """
 from __future__ import annotations
 
@@ -107,18 +115,28 @@ def run_preset(args: argparse.Namespace, preset: str) -> dict[str, Any]:
   }
   if not args.keep_workdirs:
     shutil.rmtree(workdir, ignore_errors=True)
+    if not os.listdir(os.path.dirname(workdir)):
+      os.rmdir(os.path.dirname(workdir))
   logging.info('%s: %s', preset, row)
   return row
+
+
+def _bytes(n: int) -> str:
+  for unit, size in (('MiB', 2**20), ('KiB', 2**10)):
+    if n >= size:
+      return f'{n / size:.2f} {unit}'
+  return f'{n} B'
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
   lines = ['| preset | lr | dev acc (%) | trainable params | % of total | '
            'optimizer state | wall time (s) |', '|---|---:|---:|---:|---:|---:|---:|']
   for r in rows:
+    percent = 100 * r['trainable_params'] / r['total_params']
     lines.append(
         f'| {r["preset"]} | {r["learning_rate"]:.0e} | {r["dev_accuracy"]:.2f} | '
-        f'{r["trainable_params"]:,} | {100 * r["trainable_params"] / r["total_params"]:.2f} | '
-        f'{r["optimizer_state_bytes"] / 2**20:.2f} MiB | {r["wall_seconds"]:.0f} |')
+        f'{r["trainable_params"]:,} | {percent:.{2 if percent >= 0.1 else 4}f} | '
+        f'{_bytes(r["optimizer_state_bytes"])} | {r["wall_seconds"]:.0f} |')
   return '\n'.join(lines) + '\n'
 
 

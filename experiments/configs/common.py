@@ -28,11 +28,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def default_data_dir(task_folder: str = 'glue') -> str:
-  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present."""
+  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present.
+
+  An explicit local folder wins over TFDS, which would try the network first.
+  """
   env = os.environ.get('RESEARCH_DATA_DIR')
   if env:
     return env
-  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data' / task_folder
+  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data'
+  shared = shared / task_folder if task_folder else shared
   return str(shared) if shared.is_dir() else ''
 
 
@@ -43,10 +47,12 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.task = 'sst2'
   c.data_dir = ''            # local folder in original formats; '' = TFDS
   c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'
+  c.train_split = 'train'
   c.eval_split = 'validation'
   c.train_examples = 0       # 0 = all; >0 takes the first N (smoke runs)
   c.eval_examples = 0
   c.max_length = 128
+  c.doc_stride = 128         # SQuAD: context tokens shared by consecutive windows
   c.pad_multiple = 16
   c.bucket_batches = 100     # sort by length within chunks of this many batches
   c.batch_size = 32

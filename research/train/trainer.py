@@ -69,13 +69,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   # -- Data ------------------------------------------------------------------------
   tokenizer = load_tokenizer(config.model)
   data_dir = config.data_dir or None
-  train_examples = _slice(load_examples(spec, 'train', data_dir, config.data_source),
-                          config.train_examples)
+  train_examples = _slice(load_examples(spec, config.train_split, data_dir,
+                                        config.data_source), config.train_examples)
   eval_examples = _slice(load_examples(spec, config.eval_split, data_dir, config.data_source),
                          config.eval_examples)
   train_features = encode(spec, train_examples, tokenizer, config.max_length,
-                          training=True).features
-  eval_features = encode(spec, eval_examples, tokenizer, config.max_length).features
+                          config.doc_stride, training=True).features
+  eval_features = encode(spec, eval_examples, tokenizer, config.max_length,
+                         config.doc_stride).features
   train_iter = BatchIterator(
       train_features, config.batch_size, max_length=config.max_length,
       pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
@@ -91,6 +92,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   encoder_config, encoder_params = load_pretrained(
       config.model, dtype=config.dtype, hidden_dropout=config.dropout,
       attention_dropout=config.dropout)
+  if config.max_length > encoder_config.max_length:
+    raise ValueError(f'config.max_length={config.max_length} exceeds the position table of '
+                     f'{config.model} ({encoder_config.max_length} positions)')
   num_labels = max(len(spec.label_names), 2) if spec.kind != 'regression' else 1
   model = TaskModel(encoder_config, spec.kind, num_labels, layer_mix=config.layer_mix,
                     pooling=config.pooling, head_hidden=config.head_hidden,

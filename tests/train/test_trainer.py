@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not (GLUE / 'SST-2').is_dir(), reason='needs ../
 def tiny_model(tmp_path_factory):
   """A 2-layer, 32-wide random BERT with the bundled MiniLM tokenizer."""
   config = EncoderConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)
+                         intermediate_size=64, max_position_embeddings=128)
   folder = tmp_path_factory.mktemp('tiny_bert')
   export_pretrained(config, init_params(config, jax.random.PRNGKey(0)), folder,
                     tokenizer_from='minilm-l6')
@@ -159,6 +159,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, tmp_path, mon
     ('optimizer.learning_rate', -1e-4, 'learning_rate must be >= 0'),
     ('max_length', -5, 'max_length must be positive'),
     ('keep_checkpoints', 0, 'keep_checkpoints must be >= 1'),
+    ('max_length', 256, 'exceeds the position table'),
 ])
 def test_bad_config_values_are_named(tiny_model, tmp_path, field, value, message):
   config = tiny_config(tiny_model)
@@ -186,3 +187,19 @@ def test_feature_extractor_trains_only_head_and_mix(tiny_model, tmp_path):
     np.testing.assert_array_equal(np.asarray(got), want)
   assert np.abs(np.asarray(result['params']['layer_mix']['weights'])).max() > 0
   assert result['trainable_params'] < result['total_params'] / 100
+
+
+DATA = GLUE.parent
+
+
+@pytest.mark.parametrize('task, split, metric', [
+    ('conll2003', 'train', 'entity_f1'),
+    ('squad', 'validation', 'squad_f1'),  # only SQuAD dev is on disk: train on a slice of it
+])
+def test_tagging_and_span_tasks_train_and_score(tiny_model, tmp_path, task, split, metric):
+  config = tiny_config(tiny_model, task=task, train_split=split, total_steps=2, eval_every=2,
+                       train_examples=32, eval_examples=16)
+  config.data_dir = str(DATA)
+  config.max_length, config.pad_multiple, config.doc_stride = 128, 128, 32
+  result = trainer.train_and_evaluate(config, tmp_path)
+  assert metric in result['final'] and 0 <= result['final'][metric] <= 100
