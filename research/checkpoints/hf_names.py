@@ -44,36 +44,27 @@ class Entry:
   kind: str
 
 
-def _layer_names(model_type: str, hf: str) -> dict[str, tuple[str, str]]:
-  """Our sub-path -> (HF sub-name, kind) inside one layer whose HF prefix is `hf`."""
-  if model_type in ('bert', 'roberta'):
-    att, names = f'{hf}attention.', {
-        'query': 'self.query', 'key': 'self.key', 'value': 'self.value',
-        'out': 'output.dense', 'norm': 'output.LayerNorm'}
-    mlp = {'intermediate': f'{hf}intermediate.dense', 'output': f'{hf}output.dense',
-           'norm': f'{hf}output.LayerNorm'}
-  elif model_type == 'distilbert':
-    att, names = f'{hf}attention.', {
-        'query': 'q_lin', 'key': 'k_lin', 'value': 'v_lin', 'out': 'out_lin',
-        'norm': '../sa_layer_norm'}
-    mlp = {'intermediate': f'{hf}ffn.lin1', 'output': f'{hf}ffn.lin2',
-           'norm': f'{hf}output_layer_norm'}
-  else:  # albert
-    att, names = f'{hf}attention.', {
-        'query': 'query', 'key': 'key', 'value': 'value', 'out': 'dense', 'norm': 'LayerNorm'}
-    mlp = {'intermediate': f'{hf}ffn', 'output': f'{hf}ffn_output',
-           'norm': f'{hf}full_layer_layer_norm'}
-
-  def a(name):
-    sub = names[name]
-    return f'{hf}{sub[3:]}' if sub.startswith('../') else att + sub
-
-  return {
-      'attention/query': (a('query'), 'qkv'), 'attention/key': (a('key'), 'qkv'),
-      'attention/value': (a('value'), 'qkv'), 'attention/out': (a('out'), 'out'),
-      'attention_norm': (a('norm'), 'norm'), 'mlp/intermediate': (mlp['intermediate'], 'linear'),
-      'mlp/output': (mlp['output'], 'linear'), 'output_norm': (mlp['norm'], 'norm'),
-  }
+# Per family: our sub-path inside a layer -> the HF sub-name inside that layer.
+_LAYER_NAMES = {
+    'bert': {'attention/query': 'attention.self.query', 'attention/key': 'attention.self.key',
+             'attention/value': 'attention.self.value',
+             'attention/out': 'attention.output.dense',
+             'attention_norm': 'attention.output.LayerNorm',
+             'mlp/intermediate': 'intermediate.dense', 'mlp/output': 'output.dense',
+             'output_norm': 'output.LayerNorm'},
+    'distilbert': {'attention/query': 'attention.q_lin', 'attention/key': 'attention.k_lin',
+                   'attention/value': 'attention.v_lin', 'attention/out': 'attention.out_lin',
+                   'attention_norm': 'sa_layer_norm', 'mlp/intermediate': 'ffn.lin1',
+                   'mlp/output': 'ffn.lin2', 'output_norm': 'output_layer_norm'},
+    'albert': {'attention/query': 'attention.query', 'attention/key': 'attention.key',
+               'attention/value': 'attention.value', 'attention/out': 'attention.dense',
+               'attention_norm': 'attention.LayerNorm', 'mlp/intermediate': 'ffn',
+               'mlp/output': 'ffn_output', 'output_norm': 'full_layer_layer_norm'},
+}
+_LAYER_NAMES['roberta'] = _LAYER_NAMES['bert']
+_KINDS = {'attention/query': 'qkv', 'attention/key': 'qkv', 'attention/value': 'qkv',
+          'attention/out': 'out', 'attention_norm': 'norm', 'mlp/intermediate': 'linear',
+          'mlp/output': 'linear', 'output_norm': 'norm'}
 
 
 def tensor_map(config: EncoderConfig) -> list[Entry]:
@@ -105,7 +96,8 @@ def tensor_map(config: EncoderConfig) -> list[Entry]:
     hf_stack = 'transformer.layer' if mt == 'distilbert' else 'encoder.layer'
     layers = [(f'layer_{i}', f'{hf_stack}.{i}.') for i in range(config.num_layers)]
   for i, (ours, hf) in enumerate(layers):
-    for sub, (name, kind) in _layer_names(mt, hf).items():
+    for sub, hf_sub in _LAYER_NAMES[mt].items():
+      name, kind = hf + hf_sub, _KINDS[sub]
       if sub == 'mlp/intermediate' and config.ffn(i) == 0:
         continue
       if sub == 'mlp/output' and config.ffn(i) == 0:

@@ -46,7 +46,7 @@ class TaskModel(nn.Module):
   head_hidden: int = 0
   head_dropout: float = 0.1
 
-  def setup_check(self):
+  def _check(self):
     if self.kind not in KINDS:
       raise ValueError(f'Unknown task kind {self.kind!r}; expected one of {KINDS}')
     if self.pooling not in POOLINGS:
@@ -59,7 +59,7 @@ class TaskModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, output_attentions: bool = False):
-    self.setup_check()
+    self._check()
     last, inter = Encoder(self.encoder, name='encoder')(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         output_attentions=output_attentions)

@@ -181,7 +181,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   eval_every = config.eval_every or steps_per_epoch
   checkpoint_every = config.checkpoint_every or eval_every
   start = int(state['step'])
-  progress = _progress(start, total_steps)
+  progress = _Progress(start, total_steps)
   last_eval: dict[str, float] = {}
   seen, t0 = 0, time.perf_counter()
   try:
@@ -223,7 +223,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
           'model': model}
 
 
-class _progress:
+class _Progress:
   """A tqdm bar showing loss, learning rate and examples/s (plain logging without a tty)."""
 
   def __init__(self, start: int, total: int):
