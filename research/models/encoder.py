@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import mixed_matmul
+from research.models.dropout import Dropout
 from research.models.config import EncoderConfig
 
 Array = jax.Array
@@ -67,6 +69,7 @@ class LayerNorm(nn.Module):
   """LayerNorm computed in float32 (bf16 statistics lose parity), cast back."""
   eps: float
   param_dtype: Any = jnp.float32
+  dtype: Any = None  # output dtype; None = the input's
 
   @nn.compact
   def __call__(self, x):
@@ -79,7 +82,7 @@ class LayerNorm(nn.Module):
     mean = y.mean(-1, keepdims=True)
     var = jnp.square(y - mean).mean(-1, keepdims=True)
     y = (y - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * scale + bias).astype(x.dtype)
+    return (y * scale + bias).astype(self.dtype or x.dtype)
 
 
 class Embeddings(nn.Module):
@@ -105,7 +108,7 @@ class Embeddings(nn.Module):
     if cfg.type_vocab_size:
       x = x + table('token_type_embeddings', cfg.type_vocab_size)(token_type_ids)
     x = LayerNorm(cfg.layer_norm_eps, pdtype, name='layer_norm')(x)
-    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     if cfg.embed_size != cfg.hidden_size:
       x = nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
                    kernel_init=nn.with_logical_partitioning(_init, ('embed_in', 'embed')),
@@ -128,25 +131,26 @@ class Attention(nn.Module):
     out_kernel, out_bias = Weights((n, d, hidden), ('heads', 'kv', 'embed'), 1, pdtype,
                                    name='out')()
     if n == 0:  # every head pruned: the block reduces to its output bias
-      return jnp.broadcast_to(out_bias.astype(dtype), x.shape), None
+      return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None
 
-    kernel = jnp.concatenate([k.reshape(hidden, n * d) for k, _ in qkv], axis=1)
-    kernel_bias = jnp.concatenate([b.reshape(n * d) for _, b in qkv])
-    y = jnp.dot(x, kernel.astype(dtype)) + kernel_bias.astype(dtype)
-    batch, length = x.shape[:2]
-    # [batch, length, 3, heads, d] -> three [batch, heads, length, d]
-    y = y.reshape(batch, length, 3, n, d).transpose(2, 0, 3, 1, 4)
-    q, k, v = y[0], y[1], y[2]
-    q = q * jnp.asarray(d ** -0.5, dtype)
-    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k) + bias
-    # Softmax in float32: bf16 exponentials lose too much for parity.
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+    # One matmul for Q, K and V: kernel [hidden, 3, heads, d], output [b, s, 3, heads, d].
+    kernel = jnp.stack([k for k, _ in qkv], axis=1).astype(dtype)
+    y = mixed_matmul.einsum('bsi,itnd->bstnd', x, kernel, bias=jnp.stack([b for _, b in qkv]))
+    # -> three [batch, heads, length, d]; split (not indexing) so the backward is one
+    # concatenation instead of three pad-and-add passes.
+    q, k, v = (t[0] for t in jnp.split(y.transpose(2, 0, 3, 1, 4), 3, axis=0))
+    # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
+    scores = mixed_matmul.einsum('bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)
+    scores = scores * jnp.float32(d ** -0.5) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     probs_out = probs if output_attentions else None
-    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
     # directly made XLA:CPU emit it transposed and copy it (2x slower, measured).
-    ctx = jnp.einsum('bhqk,bhkd->bhqd', probs, v)
-    out = jnp.einsum('bhqd,hde->bqe', ctx, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+    ctx = mixed_matmul.einsum('bhqk,bhkd->bhqd', probs, v)
+    # The output stays float32 for the residual add and LayerNorm that follow.
+    out = mixed_matmul.einsum('bhqd,hde->bqe', ctx, out_kernel.astype(dtype), bias=out_bias,
+                              out_dtype=jnp.float32)
     return out, probs_out
 
 
@@ -161,12 +165,17 @@ class Mlp(nn.Module):
     if self.width == 0:  # FFN pruned away entirely: only the output bias remains
       bias = _param(self, 'output_bias', (cfg.hidden_size,), ('embed',),
                     nn.initializers.zeros, pdtype)
-      return jnp.broadcast_to(bias.astype(dtype), x.shape)
-    h = nn.Dense(self.width, dtype=dtype, param_dtype=pdtype, name='intermediate',
-                 kernel_init=nn.with_logical_partitioning(_init, ('embed', 'mlp')))(x)
-    h = activation(cfg.hidden_act)(h)
-    return nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=pdtype, name='output',
-                    kernel_init=nn.with_logical_partitioning(_init, ('mlp', 'embed')))(h)
+      return jnp.broadcast_to(bias.astype(jnp.float32), x.shape)
+    w_in, b_in = Weights((cfg.hidden_size, self.width), ('embed', 'mlp'), 1, pdtype,
+                         name='intermediate')()
+    w_out, b_out = Weights((self.width, cfg.hidden_size), ('mlp', 'embed'), 1, pdtype,
+                           name='output')()
+    # Bias and activation in float32 (one cast per matmul input); output float32 too.
+    h = mixed_matmul.einsum('bsi,io->bso', x, w_in.astype(dtype), bias=b_in,
+                            out_dtype=jnp.float32)
+    h = activation(cfg.hidden_act)(h).astype(dtype)
+    return mixed_matmul.einsum('bsi,io->bso', h, w_out.astype(dtype), bias=b_out,
+                               out_dtype=jnp.float32)
 
 
 class Layer(nn.Module):
@@ -178,13 +187,13 @@ class Layer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, deterministic, output_attentions):
     cfg = self.config
-    drop = nn.Dropout(cfg.hidden_dropout)
+    drop = Dropout(cfg.hidden_dropout)
     attn, probs = Attention(cfg, self.num_heads, name='attention')(
         x, bias, deterministic, output_attentions)
-    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, name='attention_norm')(
+    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, name='attention_norm')(
         x + drop(attn, deterministic=deterministic))
     y = Mlp(cfg, self.ffn_width, name='mlp')(x)
-    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, name='output_norm')(
+    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, name='output_norm')(
         x + drop(y, deterministic=deterministic))
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     return x, probs
@@ -225,8 +234,8 @@ class Encoder(nn.Module):
                                            deterministic)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     # Additive mask, [batch, 1, 1, length]: padding keys get a large negative score.
-    neg = jnp.finfo(cfg.compute_dtype).min
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, neg).astype(cfg.compute_dtype)
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                     jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
     hidden_states, attentions = [x], []
     shared = (Layer(cfg, cfg.heads(0), cfg.ffn(0), name='shared_layer')

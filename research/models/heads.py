@@ -18,6 +18,7 @@ import optax
 
 from research.data.encoded import IGNORE_INDEX
 from research.models.config import EncoderConfig
+from research.models.dropout import Dropout
 from research.models.encoder import Encoder, mean_pool
 from research.transforms.layer_mix import make_layer_mix
 
@@ -98,7 +99,7 @@ class Head(nn.Module):
     if self.hidden:
       features = jnp.tanh(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_init,
                                    name='dense')(features))
-    features = nn.Dropout(self.dropout)(features, deterministic=deterministic)
+    features = Dropout(self.dropout)(features, deterministic=deterministic)
     return nn.Dense(self.outputs, dtype=self.dtype, kernel_init=_init, name='out')(features)
 
 
