@@ -63,6 +63,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.pooling = 'cls'
   c.head_hidden = 0
   c.dropout = 0.1
+  c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
   c.freeze = 'full'
   c.dtype = 'float32'
   c.seed = 0

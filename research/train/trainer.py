@@ -30,7 +30,7 @@ from research.data.batching import BatchIterator
 from research.data.sources import load_examples
 from research.data.tokenize import encode
 from research.models.heads import TaskModel, loss_fn, predictions
-from research.train import evaluation, sharding
+from research.train import averaging, evaluation, sharding
 from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
@@ -51,6 +51,8 @@ def check_config(config) -> None:
   if config.optimizer.learning_rate < 0:
     raise ValueError(f'config.optimizer.learning_rate must be >= 0, got '
                      f'{config.optimizer.learning_rate}')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
   if config.keep_checkpoints < 1:
     raise ValueError(f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
 
@@ -124,6 +126,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   encoder_frozen = all(label == 'freeze' for label in jax.tree.leaves(labels['encoder']))
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(config.seed + 1)}
+  ema_decay = config.ema_decay
+  if ema_decay:  # evaluation, best checkpoint and the returned params use the average
+    state['ema'] = jax.jit(averaging.init)(params)
   # Pin every leaf to a sharding on the mesh and make the step return the same ones:
   # otherwise step 2 sees differently placed inputs than step 1 and compiles again.
   state_shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
@@ -163,8 +168,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     metrics = {'loss': value, 'grad_norm': optax.global_norm(trainable_grads),
                'param_norm': optax.global_norm(params),
                'learning_rate': schedule(state['step'])}
-    return {**state, 'step': state['step'] + 1, 'params': params,
-            'opt_state': opt_state}, metrics
+    new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
+    if ema_decay:
+      new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)
+    return new_state, metrics
+
+  def eval_params(state):
+    return averaging.as_params(state['ema'], state['params']) if ema_decay else state['params']
 
   @jax.jit
   def predict_step(params, batch):
@@ -205,13 +215,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
         seen, t0 = 0, time.perf_counter()
       if step % eval_every == 0 or step == total_steps:
         with mesh:
-          last_eval = run_eval(state['params'])
+          last_eval = run_eval(eval_params(state))
         writer.write(step, 'eval', last_eval)
         progress.message(f'step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in last_eval.items()))
         score = last_eval[spec.main_metric]
         if score > best['score']:
           best = {'score': score, 'step': step}
-          ckpt.save_best(step, state['params'], score, {'metrics': last_eval, 'step': step})
+          ckpt.save_best(step, eval_params(state), score, {'metrics': last_eval, 'step': step})
       if step % checkpoint_every == 0 or step == total_steps:
         ckpt.save(step, state, {'iterator': train_iter.state_dict(), 'best': best})
   finally:
@@ -219,7 +229,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     writer.close()
     progress.close()
   return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
-          'total_params': total, 'workdir': workdir, 'params': state['params'],
+          'total_params': total, 'workdir': workdir, 'params': eval_params(state),
           'model': model}
 
 

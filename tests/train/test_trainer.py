@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,17 @@ def test_tagging_and_span_tasks_train_and_score(tiny_model, tmp_path, task, spli
   config.max_length, config.pad_multiple, config.doc_stride = 128, 128, 32
   result = trainer.train_and_evaluate(config, tmp_path)
   assert metric in result['final'] and 0 <= result['final'][metric] <= 100
+
+
+def test_ema_is_evaluated_checkpointed_and_resumed(tiny_model, tmp_path):
+  """With ema_decay the returned params are the average, and resuming keeps it exact."""
+  config = tiny_config(tiny_model, ema_decay=0.9, dropout=0.0)
+  whole = trainer.train_and_evaluate(config, tmp_path / 'whole')
+  plain = trainer.train_and_evaluate(tiny_config(tiny_model, dropout=0.0), tmp_path / 'plain')
+  averaged, live = jax.tree.leaves(whole['params']), jax.tree.leaves(plain['params'])
+  assert any(not np.array_equal(a, b) for a, b in zip(averaged, live))
+  # Drop the final checkpoint: the rerun resumes from step 4 and redoes steps 5 and 6.
+  shutil.rmtree(tmp_path / 'whole' / 'checkpoints' / '6')
+  resumed = trainer.train_and_evaluate(config, tmp_path / 'whole')
+  for a, b in zip(averaged, jax.tree.leaves(resumed['params'])):
+    np.testing.assert_array_equal(a, b)
