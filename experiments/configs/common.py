@@ -74,5 +74,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
-      'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1, 'llrd': None})
+      'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1,
+      # layer-wise lr decay; 1.0 = off (a float so --config.optimizer.llrd=0.9 works)
+      'llrd': 1.0})
   return c

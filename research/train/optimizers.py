@@ -238,7 +238,7 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
       'lamb'), warmup_steps or warmup_ratio (0), schedule ('linear' | 'cosine'
       | 'constant'), end_learning_rate (0.0), weight_decay (0.01), b1 (0.9),
       b2 (0.999), eps (1e-8 AdamW / 1e-6 LAMB), clip_norm (1.0; None = off),
-      accumulate_steps (1), llrd (None or decay in (0, 1]), num_layers (None =
+      accumulate_steps (1), llrd (None or decay in (0, 1]; 1.0 = off), num_layers (None =
       inferred), decay_embeddings (True), unfreeze_every (None or N steps).
   Returns:
     An optax GradientTransformation; call ``update(grads, state, params)``.
@@ -256,7 +256,7 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(cfg['clip_norm']))
   parts.append(base(schedule, b1=cfg['b1'], b2=cfg['b2'], eps=cfg['eps'],
                     weight_decay=cfg['weight_decay'], mask=mask))
-  if cfg['llrd'] is not None:
+  if cfg['llrd'] is not None and cfg['llrd'] != 1.0:  # 1.0 = no decay
     parts.append(layerwise_lr_decay(cfg['llrd'], cfg['num_layers']))
   if cfg['unfreeze_every'] is not None:
     parts.append(gradual_unfreezing(cfg['unfreeze_every'], cfg['num_layers']))

@@ -144,6 +144,15 @@ def test_llrd_in_make_optimizer_adamw():
   np.testing.assert_allclose(up['encoder/layer_1/attention/out/bias'] / head, 0.8, rtol=1e-6)
 
 
+
+def test_llrd_one_is_off_and_a_float_default_overrides_from_flags():
+  # The configs default llrd to 1.0 (not None) so `--config.optimizer.llrd=0.9` parses.
+  params = tiny_params()
+  off = one_update(opt.make_optimizer(dict(BASE, llrd=1.0)), params)
+  none = one_update(opt.make_optimizer(dict(BASE, llrd=None)), params)
+  for k in off:
+    np.testing.assert_array_equal(off[k], none[k])
+
 # --- gradual unfreezing -------------------------------------------------------
 
 def test_gradual_unfreezing_top_down_every_n_steps():
