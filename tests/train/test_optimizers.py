@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from research.testing import bert_like_params
 from research.train import optimizers as opt
 from research.train import schedules
 from research.transforms import freeze
@@ -14,23 +15,8 @@ L, H, V = 2, 4, 10
 
 
 def tiny_params(num_layers=L):
-  rng = np.random.default_rng(0)
-  arr = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  dense = lambda i, o: {'kernel': arr(i, o), 'bias': arr(o)}
-  norm = lambda: {'scale': jnp.ones(H), 'bias': jnp.zeros(H)}
-  enc = {'embeddings': {'word_embeddings': {'embedding': arr(V, H)},
-                        'position_embeddings': {'embedding': arr(6, H)},
-                        'token_type_embeddings': {'embedding': arr(2, H)},
-                        'layer_norm': norm()}}
-  for i in range(num_layers):
-    enc[f'layer_{i}'] = {'attention': {'query': dense(H, H), 'out': dense(H, H)},
-                         'attention_norm': norm(),
-                         'mlp': {'intermediate': dense(H, 8), 'output': dense(8, H)},
-                         'output_norm': norm()}
-  enc['pooler'] = dense(H, H)
-  return {'encoder': enc,
-          'layer_mix': {'weights': jnp.zeros(num_layers + 1), 'gamma': jnp.ones(())},
-          'head': {'out': dense(H, 3)}}
+  return bert_like_params(num_layers, hidden=H, vocab=V, ffn=8, positions=6,
+                          attention=('query', 'out'), head_dense=False)
 
 
 def small_params():

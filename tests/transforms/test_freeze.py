@@ -5,30 +5,14 @@ import numpy as np
 import optax
 import pytest
 
+from research.testing import bert_like_params
 from research.transforms import freeze
 
 L, H, V, F = 2, 8, 40, 16  # layers, hidden, vocab, ffn
 
 
 def tiny_params(num_layers=L, seed=0):
-  rng = np.random.default_rng(seed)
-  arr = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  dense = lambda i, o: {'kernel': arr(i, o), 'bias': arr(o)}
-  norm = lambda: {'scale': jnp.ones(H), 'bias': jnp.zeros(H)}
-  enc = {'embeddings': {'word_embeddings': {'embedding': arr(V, H)},
-                        'position_embeddings': {'embedding': arr(16, H)},
-                        'token_type_embeddings': {'embedding': arr(2, H)},
-                        'layer_norm': norm()}}
-  for i in range(num_layers):
-    enc[f'layer_{i}'] = {
-        'attention': {n: dense(H, H) for n in ('query', 'key', 'value', 'out')},
-        'attention_norm': norm(),
-        'mlp': {'intermediate': dense(H, F), 'output': dense(F, H)},
-        'output_norm': norm()}
-  enc['pooler'] = dense(H, H)
-  return {'encoder': enc,
-          'layer_mix': {'weights': jnp.zeros(num_layers + 1), 'gamma': jnp.ones(())},
-          'head': {'dense': dense(H, H), 'out': dense(H, 3)}}
+  return bert_like_params(num_layers, hidden=H, vocab=V, ffn=F, seed=seed)
 
 
 def labels_by_path(params, rules):
