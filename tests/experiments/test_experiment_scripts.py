@@ -120,3 +120,24 @@ def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
 
   assert (out / 'results.md').read_text().count('\n| ') == 4  # header + 3 rows
   assert not (out / 'workdirs' / 'full').exists()
+
+
+@pytest.mark.parametrize('module,arg', [
+    ('glue', None), ('glue', 'task=mrpc,runlocal'), ('glue', 'task=sst2,cpu_budget'),
+    ('glue', 'task=sst2,tuned'), ('conll', None), ('squad', 'runlocal')])
+def test_every_config_passes_the_trainer_and_optimizer_checks(module, arg):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from research.train.optimizers import validate_config  # pylint: disable=g-import-not-at-top
+  from research.train.trainer import check_config  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'experiments.configs.{module}').get_config(arg)
+  check_config(config)
+  validate_config({**config.optimizer.to_dict(), 'total_steps': 10})
+  if arg and 'tuned' in arg:
+    assert (config.optimizer.llrd, config.ema_decay) == (0.9, 0.999)
+  else:
+    assert config.optimizer.llrd == 1.0 and config.ema_decay == 0.0
+
+
+def test_config_argument_errors_name_the_valid_keys():
+  with pytest.raises(ValueError, match=r"Unknown config argument 'tunde'.*tuned"):
+    common.parse_arg('tunde', tuned=False, task='sst2')
