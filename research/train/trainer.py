@@ -109,8 +109,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   # -- Mesh and shardings -------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   shardings = sharding.param_shardings(boxed, mesh)
+  # Only the head and mix are initialised here: dropping the encoder from the jitted
+  # init's outputs lets XLA skip its random init (no second copy of a large model).
+  head_shardings = {k: v for k, v in shardings.items() if k != 'encoder'}
   with mesh:
-    params = jax.jit(lambda r: nn.meta.unbox(init(r)['params']), out_shardings=shardings)(rng)
+    params = jax.jit(lambda r: {k: v for k, v in nn.meta.unbox(init(r)['params']).items()
+                                if k != 'encoder'}, out_shardings=head_shardings)(rng)
   params = dict(params)
   params['encoder'] = jax.device_put(encoder_params, shardings['encoder'])
 
