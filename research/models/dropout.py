@@ -8,8 +8,9 @@ same Threefry-2x32 cipher as one C++ kernel: 3 M numbers in 6.7 ms vs 37 ms meas
 (`RNG_DEFAULT`, i.e. Philox on CPU, and JAX's 'rbg' PRNG were no faster than threefry).
 
 The mask is keyed by the module's 'dropout' stream (`make_rng`), so it is deterministic
-for a given key and backend, like Flax's; the masks differ from Flax's bit for bit. The
-drop probability is exact to 2**-32.
+for a given key and backend, like Flax's; the masks differ from Flax's bit for bit. Each
+32-bit word gives two 16-bit draws (the kernel's cost is per word), so the drop
+probability is rate rounded to a multiple of 2**-16 (2**-32 for odd-sized masks).
 """
 from __future__ import annotations
 
@@ -24,10 +25,20 @@ def dropout_mask(rng: jax.Array, rate: float, shape) -> jax.Array:
   key = jnp.asarray(key, jnp.uint32).reshape(-1)
   # THREE_FRY takes a u32[4] state: the cipher key and a counter that starts at zero.
   state = jnp.concatenate([key[:2], jnp.zeros((2,), jnp.uint32)])
-  _, bits = jax.lax.rng_bit_generator(state, tuple(shape), jnp.uint32,
-                                      algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
-  threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
-  return bits >= jnp.uint32(threshold)
+  shape = tuple(shape)
+  three_fry = jax.lax.RandomAlgorithm.RNG_THREE_FRY
+  even = [i for i, n in enumerate(shape) if n % 2 == 0]
+  if not even:
+    _, bits = jax.lax.rng_bit_generator(state, shape, jnp.uint32, algorithm=three_fry)
+    return bits >= jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
+  # Two 16-bit draws per 32-bit word: the kernel's cost is per word, so this halves it.
+  # The halves are joined along an even axis: masking and shifting then concatenating
+  # measured faster than a bitcast to uint16 or a join along a flattened axis.
+  axis = even[0]
+  half = shape[:axis] + (shape[axis] // 2,) + shape[axis + 1:]
+  _, words = jax.lax.rng_bit_generator(state, half, jnp.uint32, algorithm=three_fry)
+  threshold = jnp.uint32(min(int(round(rate * 2.0**16)), 2**16 - 1))
+  return jnp.concatenate([(words & 0xFFFF) >= threshold, (words >> 16) >= threshold], axis)
 
 
 class Dropout(nn.Module):

@@ -133,9 +133,14 @@ class Attention(nn.Module):
     if n == 0:  # every head pruned: the block reduces to its output bias
       return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None
 
-    # One matmul for Q, K and V: kernel [hidden, 3, heads, d], output [b, s, 3, heads, d].
-    kernel = jnp.stack([k for k, _ in qkv], axis=1).astype(dtype)
-    y = mixed_matmul.einsum('bsi,itnd->bstnd', x, kernel, bias=jnp.stack([b for _, b in qkv]))
+    # One matmul for Q, K and V, as a plain 2-D product: kernel [hidden, 3 * heads * d],
+    # output [b, s, 3 * heads * d] -> [b, s, 3, heads, d]. Written with the (3, heads, d)
+    # axes flattened so XLA:CPU cannot reorder them in the backward (it chose to
+    # transpose the cotangent to [b, s, d, heads, 3], a 9 ms copy per layer).
+    kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(hidden, 3 * n * d).astype(dtype)
+    bias3 = jnp.stack([b for _, b in qkv]).reshape(3 * n * d)
+    y = mixed_matmul.einsum('bsi,io->bso', x, kernel, bias=bias3)
+    y = y.reshape(*x.shape[:2], 3, n, d)
     # -> three [batch, heads, length, d]; split (not indexing) so the backward is one
     # concatenation instead of three pad-and-add passes.
     q, k, v = (t[0] for t in jnp.split(y.transpose(2, 0, 3, 1, 4), 3, axis=0))

@@ -12,7 +12,11 @@ from research.models import mixed_matmul
 SPECS = [('bsi,io->bso', (2, 5, 8), (8, 6), (6,)),
          ('bhqd,bhkd->bhqk', (2, 3, 5, 4), (2, 3, 7, 4), None),
          ('bhqd,hde->bqe', (2, 3, 5, 4), (3, 4, 8), (8,)),
-         ('bsi,itnd->bstnd', (2, 5, 8), (8, 3, 2, 4), (3, 2, 4))]
+         ('bsi,itnd->bstnd', (2, 5, 8), (8, 3, 2, 4), (3, 2, 4)),
+         # The attention backward's products, whose left operand is laid out for XLA:CPU:
+         ('bhqk,bhqd->bhkd', (2, 3, 5, 7), (2, 3, 5, 4), None),
+         ('bhqd,bhqk->bhkd', (2, 3, 5, 4), (2, 3, 5, 7), None),  # operands swapped
+         ('qbd,kbd->bqk', (5, 2, 4), (7, 2, 4), None)]  # batch axis not leading
 
 
 def _operands(a_shape, b_shape, bias_shape, seed=0):
@@ -93,3 +97,15 @@ def test_unsupported_specs_are_named(spec):
                  jnp.bfloat16)
   with pytest.raises(ValueError, match='einsum'):
     mixed_matmul.einsum(spec, a16, jnp.ones((3, 4), jnp.bfloat16))
+
+
+@pytest.mark.parametrize('spec,a_shape,b_shape', [('bhqk,bhqd->bhkd', (2, 3, 5, 7), (2, 3, 5, 4)),
+                                                  ('bhqd,bhqk->bhkd', (2, 3, 5, 4), (2, 3, 5, 7))])
+def test_bfloat16_product_contracts_the_left_operands_last_axis(spec, a_shape, b_shape):
+  """XLA:CPU's fast bf16 dot needs the left operand's contracted axis last."""
+  a16 = jnp.ones(a_shape, jnp.bfloat16)
+  b16 = jnp.ones(b_shape, jnp.bfloat16)
+  jaxpr = jax.make_jaxpr(lambda a, b: mixed_matmul.einsum(spec, a, b))(a16, b16)
+  (dot,) = [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == 'dot_general']
+  (lhs_contracting,), _ = dot.params['dimension_numbers'][0]
+  assert lhs_contracting == dot.invars[0].aval.ndim - 1, dot
