@@ -46,12 +46,13 @@ def _f32_product(spec: str, a, b):
   the dot. Reversing the contracted axis in both operands leaves the sum unchanged but
   stops that folding, so the transposed copy stays and the fast kernel runs (1.9 ms
   with the copy). The operand order is fixed here (`lax.dot_general`), because
-  `jnp.einsum` may swap the operands and undo the layout.
+  `jnp.einsum` may swap the operands and undo the layout. Applied on the CPU backend
+  only; GPU and TPU matmul libraries take transposed operands natively.
   """
   lhs, rhs, out = _parse(spec)
   contracted = [i for i in lhs if i in rhs and i not in out]
   batch = [i for i in out if i in lhs and i in rhs]
-  if len(contracted) == 1:
+  if len(contracted) == 1 and jax.default_backend() == 'cpu':
     (c,) = contracted
     for x, x_term, y, y_term in ((a, lhs, b, rhs), (b, rhs, a, lhs)):
       free_x = [i for i in x_term if i not in batch and i != c]
