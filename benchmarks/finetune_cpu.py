@@ -18,11 +18,15 @@ eps 1e-8) after global-norm gradient clipping at 1.0.
 After warm-up (compilation for ours), rounds alternate ours, torch, ours, torch, ... so
 drifting machine load hits both alike. Each round times `--steps` single steps; a
 side's figure is the best (lowest) of its per-round median step times.
-Target (issue): ratio ours / torch >= 1.2 in examples/s at 32x64 float32.
-Measured on a quiet 2-core AMX machine with `--steps 5 --rounds 5`: float32 ours 25.7,
-torch 31.4 examples/s, ratio 0.82 (target not reached); `--dtype bfloat16` ours 52.8,
-torch (autocast) 52.4, ratio 1.01. Under heavy load from other jobs the ratio reads
-higher (PyTorch's threads suffer more from contention), so only quiet runs count.
+Target (issue): ratio ours / torch >= 1.2 in examples/s.
+Measured on a 2-core AMX VM (2026-11-27, commit 409400a; the host's load varies, so
+each figure is one whole run, all runs listed), `--steps 5 --rounds 5`:
+  bfloat16 (torch: autocast): ratios 1.15, 1.15, 1.11 (ours 51.7-66.5, torch 46.5-58.0
+    examples/s); with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as `make` sets it) 1.38,
+    1.50, 1.17 (ours 49.6-78.0, torch 42.3-52.0);
+  float32: 0.78 (ours 26.4, torch 33.9); with the tunable 0.87 (26.4 vs 30.3).
+Before 409400a the bf16 ratio was 1.01-1.02 and the float32 one 0.82. Under heavy load
+from other jobs the ratio reads higher (PyTorch's threads suffer more from contention).
 """
 from __future__ import annotations
 
