@@ -19,6 +19,11 @@ import jax
 import jax.numpy as jnp
 
 
+def _threshold(rate: float, bits: int) -> int:
+  """Uniform `bits`-bit draws at or above this are kept: P(drop) = rate, rounded."""
+  return min(int(round(rate * 2.0**bits)), 2**bits - 1)
+
+
 def dropout_mask(rng: jax.Array, rate: float, shape) -> jax.Array:
   """Boolean keep-mask with P(keep) = 1 - rate, drawn with XLA's threefry kernel."""
   key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
@@ -30,14 +35,14 @@ def dropout_mask(rng: jax.Array, rate: float, shape) -> jax.Array:
   even = [i for i, n in enumerate(shape) if n % 2 == 0]
   if not even:
     _, bits = jax.lax.rng_bit_generator(state, shape, jnp.uint32, algorithm=three_fry)
-    return bits >= jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
+    return bits >= jnp.uint32(_threshold(rate, 32))
   # Two 16-bit draws per 32-bit word: the kernel's cost is per word, so this halves it.
   # The halves are joined along an even axis: masking and shifting then concatenating
   # measured faster than a bitcast to uint16 or a join along a flattened axis.
   axis = even[0]
   half = shape[:axis] + (shape[axis] // 2,) + shape[axis + 1:]
   _, words = jax.lax.rng_bit_generator(state, half, jnp.uint32, algorithm=three_fry)
-  threshold = jnp.uint32(min(int(round(rate * 2.0**16)), 2**16 - 1))
+  threshold = jnp.uint32(_threshold(rate, 16))
   return jnp.concatenate([(words & 0xFFFF) >= threshold, (words >> 16) >= threshold], axis)
 
 

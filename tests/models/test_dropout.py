@@ -13,9 +13,10 @@ def _apply(rate, x, key, deterministic=False):
   return Dropout(rate).apply({}, x, deterministic, rngs={'dropout': key})
 
 
+@pytest.mark.parametrize('shape', [(1000, 1000), (999, 1001)])  # 16- and 32-bit draws
 @pytest.mark.parametrize('rate', [0.1, 0.5])
-def test_drop_fraction_and_scaling(rate):
-  x = jnp.ones((1000, 1000), jnp.float32)
+def test_drop_fraction_and_scaling(rate, shape):
+  x = jnp.ones(shape, jnp.float32)
   y = np.asarray(_apply(rate, x, jax.random.PRNGKey(0)))
   dropped = (y == 0).mean()
   sigma = np.sqrt(rate * (1 - rate) / y.size)
