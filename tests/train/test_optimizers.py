@@ -187,6 +187,21 @@ def test_clip_by_global_norm_before_adam():
   np.testing.assert_allclose(optax.tree.norm(adam.mu), (1 - 0.9) * 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize('scale', [100.0, 0.01])  # clipped, and left alone
+def test_clip_matches_optax_and_multiplies(scale):
+  params = small_params()
+  grads = jax.tree.map(lambda p: scale * jnp.arange(p.size, dtype=p.dtype).reshape(p.shape),
+                       params)
+  ours, _ = opt.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  ref, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+  # The point of the rewrite: no element-wise divide for XLA to materialise.
+  jaxpr = jax.make_jaxpr(lambda g: opt.clip_by_global_norm(1.0).update(g, optax.EmptyState()))(grads)
+  divides = [e for e in jaxpr.eqns if e.primitive.name == 'div']
+  assert divides and all(v.aval.shape == () for e in divides for v in e.outvars)
+
+
 def test_accumulation_equals_one_step_on_mean_grads():
   params = small_params()
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
