@@ -61,24 +61,62 @@ def _slice(examples: list, n: int) -> list:
   return examples[:n] if n else examples
 
 
+def save_config(config, workdir: str) -> str:
+  """Writes the run's config to `workdir/config.json`; returns the path written.
+
+  A resumed run whose config differs keeps the original file and writes its own beside
+  it (`config.1.json`, ...), so what a checkpoint was trained with is never lost.
+  """
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+  path = os.path.join(workdir, 'config.json')
+  n = 0
+  while os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return path
+    n += 1
+    path = os.path.join(workdir, f'config.{n}.json')
+  if n:
+    logging.warning('The config differs from the one this workdir was started with; '
+                    'saving it as %s', path)
+  with open(path, 'w') as f:
+    f.write(text)
+  return path
+
+
+def build_model(config, spec: tasks.TaskSpec, encoder_config) -> TaskModel:
+  """The task model a config describes (encoder + layer mix + head)."""
+  num_labels = max(len(spec.label_names), 2) if spec.kind != 'regression' else 1
+  return TaskModel(encoder_config, spec.kind, num_labels, layer_mix=config.layer_mix,
+                   pooling=config.pooling, head_hidden=config.head_hidden,
+                   head_dropout=config.dropout)
+
+
+def load_split(config, spec: tasks.TaskSpec, tokenizer, split: str, limit: int = 0,
+               training: bool = False) -> tuple[list, list]:
+  """(examples, encoded features) of one split; the first `limit` examples if > 0."""
+  examples = _slice(load_examples(spec, split, config.data_dir or None, config.data_source),
+                    limit)
+  features = encode(spec, examples, tokenizer, config.max_length, config.doc_stride,
+                    training=training).features
+  return examples, features
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   """Fine-tunes `config.model` on `config.task`; returns the final and best metrics."""
   check_config(config)
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   spec = tasks.get_task(config.task)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
 
   # -- Data ------------------------------------------------------------------------
   tokenizer = load_tokenizer(config.model)
-  data_dir = config.data_dir or None
-  train_examples = _slice(load_examples(spec, config.train_split, data_dir,
-                                        config.data_source), config.train_examples)
-  eval_examples = _slice(load_examples(spec, config.eval_split, data_dir, config.data_source),
-                         config.eval_examples)
-  train_features = encode(spec, train_examples, tokenizer, config.max_length,
-                          config.doc_stride, training=True).features
-  eval_features = encode(spec, eval_examples, tokenizer, config.max_length,
-                         config.doc_stride).features
+  train_examples, train_features = load_split(config, spec, tokenizer, config.train_split,
+                                              config.train_examples, training=True)
+  eval_examples, eval_features = load_split(config, spec, tokenizer, config.eval_split,
+                                            config.eval_examples)
   train_iter = BatchIterator(
       train_features, config.batch_size, max_length=config.max_length,
       pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
@@ -97,10 +135,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   if config.max_length > encoder_config.max_length:
     raise ValueError(f'config.max_length={config.max_length} exceeds the position table of '
                      f'{config.model} ({encoder_config.max_length} positions)')
-  num_labels = max(len(spec.label_names), 2) if spec.kind != 'regression' else 1
-  model = TaskModel(encoder_config, spec.kind, num_labels, layer_mix=config.layer_mix,
-                    pooling=config.pooling, head_hidden=config.head_hidden,
-                    head_dropout=config.dropout)
+  model = build_model(config, spec, encoder_config)
   rng = jax.random.PRNGKey(config.seed)
   dummy = jnp.zeros((1, 8), jnp.int32)
   init = functools.partial(model.init, input_ids=dummy, attention_mask=jnp.ones_like(dummy))

@@ -218,3 +218,39 @@ def test_ema_is_evaluated_checkpointed_and_resumed(tiny_model, tmp_path):
   resumed = trainer.train_and_evaluate(config, tmp_path / 'whole')
   for a, b in zip(averaged, jax.tree.leaves(resumed['params'])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_config_is_saved_and_a_changed_resume_keeps_the_original(tiny_model, tmp_path):
+  config = tiny_config(tiny_model)
+  assert trainer.save_config(config, str(tmp_path)) == str(tmp_path / 'config.json')
+  original = (tmp_path / 'config.json').read_text()
+  assert json.loads(original)['model'] == tiny_model
+  assert trainer.save_config(config, str(tmp_path)) == str(tmp_path / 'config.json')  # same
+  changed = tiny_config(tiny_model, total_steps=12)
+  assert trainer.save_config(changed, str(tmp_path)) == str(tmp_path / 'config.1.json')
+  assert (tmp_path / 'config.json').read_text() == original
+  assert json.loads((tmp_path / 'config.1.json').read_text())['total_steps'] == 12
+
+
+def test_evaluate_rescores_saved_runs_and_their_ensemble(tiny_model, tmp_path):
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  result = trainer.train_and_evaluate(tiny_config(tiny_model, ema_decay=0.9), tmp_path / 'run')
+  assert (tmp_path / 'run' / 'config.json').is_file()
+  run = str(tmp_path / 'run')
+  scores = evaluate.score_runs([run])
+  # The best checkpoint re-scored from disk gives what the trainer measured for it.
+  assert scores['runs'][run]['step'] == result['best']['step']
+  assert scores['runs'][run]['accuracy'] == pytest.approx(result['best']['score'])
+  assert 'ensemble' not in scores
+  # The latest checkpoint holds the EMA, which is what the trainer evaluated at the end.
+  latest = evaluate.score_runs([run], which='latest')['runs'][run]
+  assert latest['step'] == 6 and latest['accuracy'] == pytest.approx(result['final']['accuracy'])
+  # An ensemble of a run with itself averages identical outputs: the run's own score.
+  both = evaluate.score_runs([run, run])
+  assert both['ensemble']['accuracy'] == pytest.approx(scores['runs'][run]['accuracy'])
+
+  (tmp_path / 'run' / 'config.json').unlink()
+  with pytest.raises(FileNotFoundError, match='--config'):
+    evaluate.score_runs([run])
+  assert evaluate.score_runs([run], fallback_config=tiny_config(tiny_model))['runs'][run] == \
+      scores['runs'][run]
