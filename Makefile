@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # and older glibc ignore it; a value already in the environment wins.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-finetune clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoder_cpu.py
+
+bench-finetune: $(STAMP)
+	$(BIN)/python benchmarks/finetune_cpu.py --dtype bfloat16 --steps 5 --rounds 5
+	$(BIN)/python benchmarks/finetune_cpu.py --dtype float32 --steps 5 --rounds 5
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -17,16 +17,18 @@ eps 1e-8) after global-norm gradient clipping at 1.0.
 
 After warm-up (compilation for ours), rounds alternate ours, torch, ours, torch, ... so
 drifting machine load hits both alike. Each round times `--steps` single steps; a
-side's figure is the best (lowest) of its per-round median step times.
+side's figure is the best (lowest) of its per-round median step times; the per-round
+ratios (and their median) are printed too, to show how much the host's load drifted.
 Target (issue): ratio ours / torch >= 1.2 in examples/s.
-Measured on a 2-core AMX VM (2026-11-27, commit 409400a; the host's load varies, so
+Measured on a 2-core AMX VM (2026-11-27, commit 656125e; the host's load varies, so
 each figure is one whole run, all runs listed), `--steps 5 --rounds 5`:
-  bfloat16 (torch: autocast): ratios 1.15, 1.15, 1.11 (ours 51.7-66.5, torch 46.5-58.0
-    examples/s); with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as `make` sets it) 1.38,
-    1.50, 1.17 (ours 49.6-78.0, torch 42.3-52.0);
-  float32: 0.78 (ours 26.4, torch 33.9); with the tunable 0.87 (26.4 vs 30.3).
-Before 409400a the bf16 ratio was 1.01-1.02 and the float32 one 0.82. Under heavy load
-from other jobs the ratio reads higher (PyTorch's threads suffer more from contention).
+  bfloat16 (torch: autocast): ratios 1.38, 1.20, 1.21, 1.23 (ours 44.9-58.8, torch
+    36.5-49.0 examples/s); with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (as `make` sets
+    it) 1.40, 1.45, 1.52 (ours 48.1-64.6, torch 34.4-42.6);
+  float32: 0.89 (ours 23.3, torch 26.1); with the tunable 1.07 and 0.97.
+At 409400a..f1f7a7c the bf16 ratios were 1.11-1.19 plain; before 409400a, 1.01 (bf16) and
+0.82 (float32). Under heavy load from other jobs the ratio reads higher (PyTorch's threads
+suffer more from contention).
 """
 from __future__ import annotations
 
@@ -202,6 +204,10 @@ def main():
   print(f'{"ours":<8} {s_ours * 1e3:9.1f} {args.batch / s_ours:11.1f}')
   print(f'{"torch":<8} {s_torch * 1e3:9.1f} {args.batch / s_torch:11.1f}')
   print(f'ratio ours/torch (examples/s): {s_torch / s_ours:.2f}  (target >= 1.2)')
+  # Drift check: each round's ratio, from steps timed back to back on both sides.
+  paired = [t / o for o, t in zip(ours_med, torch_med)]
+  print(f'per-round ratios: {" ".join(f"{r:.2f}" for r in paired)} '
+        f'(median {statistics.median(paired):.2f})')
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ def main(argv):
   summary = {k: result[k] for k in ('final', 'best', 'steps', 'trainable_params',
                                     'total_params')}
   summary['outputs'] = {
+      'config': os.path.join(workdir, 'config.json'),
       'metrics (JSONL)': os.path.join(workdir, 'metrics.jsonl'),
       'tensorboard': os.path.join(workdir, 'tensorboard'),
       'checkpoints (latest, for resuming)': os.path.join(workdir, 'checkpoints'),
