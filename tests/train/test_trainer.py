@@ -249,6 +249,13 @@ def test_evaluate_rescores_saved_runs_and_their_ensemble(tiny_model, tmp_path):
   both = evaluate.score_runs([run, run])
   assert both['ensemble']['accuracy'] == pytest.approx(scores['runs'][run]['accuracy'])
 
+  other = tmp_path / 'other_task'
+  shutil.copytree(tmp_path / 'run', other)
+  config = json.loads((other / 'config.json').read_text())
+  (other / 'config.json').write_text(json.dumps({**config, 'task': 'mrpc'}))
+  with pytest.raises(ValueError, match='one task and split'):
+    evaluate.score_runs([run, str(other)])
+
   (tmp_path / 'run' / 'config.json').unlink()
   with pytest.raises(FileNotFoundError, match='--config'):
     evaluate.score_runs([run])
