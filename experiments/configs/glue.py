@@ -16,8 +16,8 @@ r"""Fine-tune a BERT-family encoder on a GLUE task (one config for the whole fam
 
 Arguments: task=<glue task>, model=<name>, runlocal, cpu_budget, tuned.
 Expected SST-2 dev accuracy (bundled MiniLM-L6, 3 epochs, max length 64, bf16 on a
-2-core AMX CPU, ~36 min): default recipe 89.91 (seed 0; transformers + PyTorch with the
-same recipe: 89.9), `tuned` 90.48 / 89.45 (seeds 0 / 1). See README.md "Results".
+2-core AMX CPU, ~30-36 min): default recipe 89.91 / 89.22 (seeds 0 / 1; transformers +
+PyTorch with the same recipe: 89.9), `tuned` 90.48 / 89.45 (seeds 0 / 1). See README.md "Results".
 """
 from experiments.configs import common
 
