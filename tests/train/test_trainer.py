@@ -204,6 +204,10 @@ def test_tagging_and_span_tasks_train_and_score(tiny_model, tmp_path, task, spli
   config.max_length, config.pad_multiple, config.doc_stride = 128, 128, 32
   result = trainer.train_and_evaluate(config, tmp_path)
   assert metric in result['final'] and 0 <= result['final'][metric] <= 100
+  # experiments/evaluate.py re-scores the best checkpoint to the trainer's figure.
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  rescored = evaluate.score_runs([str(tmp_path)])['runs'][str(tmp_path)]
+  assert rescored[metric] == pytest.approx(result['best']['score'])
 
 
 def test_ema_is_evaluated_checkpointed_and_resumed(tiny_model, tmp_path):
