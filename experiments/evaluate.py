@@ -81,15 +81,14 @@ def score_runs(workdirs: list[str], which: str = 'best', split: str | None = Non
     elif (spec.name, run_split) != (first[0].name, first[1]):
       raise ValueError(f'{workdir} is {spec.name}/{run_split}, the first run '
                        f'{first[0].name}/{first[1]}: an ensemble needs one task and split')
+    pooled = spec.kind in ('classification', 'regression')
+    if len(workdirs) > 1 and not pooled:
+      raise ValueError(f'Ensembling {spec.kind} tasks is not supported; score one run at a time')
     tokenizer = load_tokenizer(config.model)
     examples, features = load_split(config, spec, tokenizer, run_split, config.eval_examples)
     encoder_config, _ = load_pretrained(config.model, dtype=config.dtype)
     model = build_model(config, spec, encoder_config)
     params, step = checkpoint_params(workdir, which)
-
-    pooled = spec.kind in ('classification', 'regression')
-    if len(workdirs) > 1 and not pooled:
-      raise ValueError(f'Ensembling {spec.kind} tasks is not supported; score one run at a time')
 
     @jax.jit
     def forward(batch, params=params, model=model):
