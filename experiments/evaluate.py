@@ -20,17 +20,13 @@ import logging
 import os
 
 from absl import app, flags
-import jax
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import orbax.checkpoint as ocp
 
-from research.checkpoints import load_pretrained, load_tokenizer
+from research.checkpoints import load_tokenizer
 from research.data import tasks
-from research.models.heads import predictions
-from research.train import evaluation
-from research.train.trainer import build_model, load_split
+from research.train import evaluation, saved_runs
+from research.train.trainer import load_split
 
 
 def _define_flags():
@@ -44,36 +40,15 @@ def _define_flags():
   flags.mark_flags_as_required(['workdir'])
 
 
-def run_config(workdir: str, fallback=None) -> ml_collections.ConfigDict:
-  """The config a run was trained with: its config.json, else `fallback`."""
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  if fallback is None:
-    raise FileNotFoundError(f'{path} does not exist (runs from before the trainer saved its '
-                            'config); pass --config with the config the run used')
-  return fallback
-
-
-def checkpoint_params(workdir: str, which: str = 'best'):
-  """(params, step) from a run's best or latest checkpoint (the EMA if it has one)."""
-  folder = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
-  steps = sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if os.path.isdir(folder) else []
-  if not steps:
-    raise FileNotFoundError(f'No {which} checkpoint in {folder}')
-  state = ocp.StandardCheckpointer().restore(os.path.join(folder, str(steps[-1]), 'state'))
-  if which == 'latest':
-    state = state.get('ema', state['params'])
-  return state, steps[-1]
-
-
 def score_runs(workdirs: list[str], which: str = 'best', split: str | None = None,
                fallback_config=None) -> dict:
   """Per-run scores and, for two or more runs, the score of their averaged outputs."""
   results, outputs, first = {'runs': {}}, [], None
   for workdir in workdirs:
-    config = run_config(workdir, fallback_config)
+    try:
+      config = saved_runs.run_config(workdir, fallback_config)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'{e}: --config FILE[:args] [--config.field=value ...]') from e
     spec = tasks.get_task(config.task)
     run_split = split or config.eval_split
     if first is None:
@@ -84,28 +59,15 @@ def score_runs(workdirs: list[str], which: str = 'best', split: str | None = Non
     pooled = spec.kind in ('classification', 'regression')
     if len(workdirs) > 1 and not pooled:
       raise ValueError(f'Ensembling {spec.kind} tasks is not supported; score one run at a time')
-    tokenizer = load_tokenizer(config.model)
-    examples, features = load_split(config, spec, tokenizer, run_split, config.eval_examples)
-    encoder_config, _ = load_pretrained(config.model, dtype=config.dtype)
-    model = build_model(config, spec, encoder_config)
-    params, step = checkpoint_params(workdir, which)
-
-    @jax.jit
-    def forward(batch, params=params, model=model):
-      logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
-                           batch.get('token_type_ids'), deterministic=True)[0]
-      if spec.kind == 'classification':
-        return jax.nn.softmax(logits, -1)
-      return logits if pooled else predictions(spec.kind, logits)
-
-    out = evaluation.gather_predictions(forward, features, config.eval_batch_size,
-                                        config.max_length, config.pad_multiple)
+    run = saved_runs.load_run(workdir, which, config)
+    examples, features = load_split(config, spec, load_tokenizer(config.model), run_split,
+                                    config.eval_examples)
+    out = saved_runs.run_outputs(run, features)
     if pooled:
-      out = np.stack(out)
       outputs.append(out)
-    results['runs'][workdir] = {'step': step, **evaluation.score(
+    results['runs'][workdir] = {'step': run.step, **evaluation.score(
         spec, examples, features, _predict(spec, out) if pooled else out)}
-    print(f'{workdir} ({which}, step {step}): {_fmt(results["runs"][workdir])}')
+    print(f'{workdir} ({which}, step {run.step}): {_fmt(results["runs"][workdir])}')
   if len(outputs) > 1:
     spec = first[0]
     results['ensemble'] = evaluation.score(spec, examples, features,
@@ -124,7 +86,8 @@ def _fmt(scores: dict) -> str:
 
 def main(argv):
   del argv
-  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it reads
+  # orbax logs every file it reads, and warns that the run folders are opened read-only.
+  logging.getLogger('absl').setLevel(logging.ERROR)
   f = flags.FLAGS
   results = score_runs([os.path.abspath(w) for w in f.workdir], f.checkpoint, f.split, f.config)
   if f.out:

@@ -22,8 +22,11 @@ def gather_predictions(predict: Callable[[dict], Any], features: Sequence[dict],
                        batch_size: int, max_length: int, pad_multiple: int,
                        put: Callable[[dict], dict] = lambda b: b) -> list[Any]:
   """Per-feature host outputs of `predict` (numpy), in feature order."""
+  # Batches of similar length (the whole set sorted): short rows are not padded to
+  # long ones. Outputs go back to feature order through each batch's 'index'.
   iterator = BatchIterator(features, batch_size, max_length=max_length,
-                           pad_multiple=pad_multiple, shuffle=False, num_epochs=1)
+                           pad_multiple=pad_multiple, shuffle=False, num_epochs=1,
+                           bucket_batches=-(-len(features) // batch_size))
   outputs: list[Any] = [None] * len(features)
   for batch in iterator:
     index = batch['index']
