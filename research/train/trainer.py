@@ -12,6 +12,7 @@ anything is saved, leaving the last good checkpoint untouched.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -30,11 +31,11 @@ from research.data.batching import BatchIterator
 from research.data.sources import load_examples
 from research.data.tokenize import encode
 from research.models.heads import TaskModel, loss_fn, predictions
-from research.train import averaging, evaluation, sharding
+from research.train import averaging, evaluation, saved_runs, sharding
 from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
-from research.transforms import freeze
+from research.transforms import distill, freeze
 
 
 def check_config(config) -> None:
@@ -55,6 +56,16 @@ def check_config(config) -> None:
     raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
   if config.keep_checkpoints < 1:
     raise ValueError(f'config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}')
+  distill_config = config.get('distill')
+  if distill_config and distill_config.teachers:
+    if not 0.0 <= distill_config.alpha <= 1.0:
+      raise ValueError(f'config.distill.alpha must be in [0, 1], got {distill_config.alpha}')
+    if distill_config.temperature <= 0:
+      raise ValueError(f'config.distill.temperature must be positive, got '
+                       f'{distill_config.temperature}')
+    if distill_config.checkpoint not in ('best', 'latest'):
+      raise ValueError("config.distill.checkpoint must be 'best' or 'latest', got "
+                       f'{distill_config.checkpoint!r}')
 
 
 def _slice(examples: list, n: int) -> list:
@@ -124,6 +135,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_id=tokenizer.pad_token_id or 0)
   steps_per_epoch = len(train_iter)
+  distill_config = config.get('distill')
+  teachers = distill_config.teachers if distill_config else ''
+  # [train features, ...] soft targets, looked up by each batch's feature indices.
+  targets = (teacher_targets(config, spec, tokenizer, train_features, workdir)
+             if teachers else None)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
   logging.info('%s: %d train / %d eval examples, %d steps (%d per epoch)', spec.name,
                len(train_examples), len(eval_examples), total_steps, steps_per_epoch)
@@ -195,7 +211,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     def loss(params):
       if encoder_frozen:
         params = {**params, 'encoder': jax.lax.stop_gradient(params['encoder'])}
-      return loss_fn(spec.kind, forward(params, batch, True, step_rng), batch)[0]
+      logits = forward(params, batch, True, step_rng)
+      value = loss_fn(spec.kind, logits, batch)[0]
+      if targets is not None:
+        soft = distill.soft_loss(spec.kind, logits, batch['teacher'], batch['weights'],
+                                 distill_config.temperature)
+        value = (1 - distill_config.alpha) * value + distill_config.alpha * soft
+      return value
 
     value, grads = jax.value_and_grad(loss)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -236,7 +258,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   try:
     for step in range(start + 1, total_steps + 1):
       batch = next(train_iter)
-      batch.pop('index'), batch.pop('idx', None)
+      index = batch.pop('index')
+      batch.pop('idx', None)
+      if targets is not None:  # padding rows (-1) get any target: their weight is 0
+        batch['teacher'] = targets[np.maximum(index, 0)]
       with mesh:
         state, metrics = train_step(state, sharding.put_batch(batch, mesh))
       seen += int(batch['weights'].sum())
@@ -270,6 +295,51 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
           'total_params': total, 'workdir': workdir, 'params': eval_params(state),
           'model': model}
+
+
+def teacher_targets(config, spec: tasks.TaskSpec, tokenizer, features: list,
+                    workdir: str) -> np.ndarray:
+  """Soft targets for `features` from the saved runs in `config.distill.teachers`.
+
+  Each teacher is rebuilt from its workdir (config.json and checkpoint) and run on the
+  student's own train features, so teachers must share the student's task and
+  tokenizer. The result is cached in `workdir/teacher_targets.npz` together with what
+  produced it, so a resumed run does not run the teachers again.
+  """
+  cfg = config.distill
+  if spec.kind not in distill.KINDS:
+    raise ValueError(f'config.distill supports {distill.KINDS} tasks; {spec.name} is '
+                     f'{spec.kind}')
+  folders = [os.path.abspath(w.strip()) for w in cfg.teachers.split(',') if w.strip()]
+  key = {'teachers': folders, 'checkpoint': cfg.checkpoint,
+         'steps': [saved_runs.checkpoint_step(f, cfg.checkpoint) for f in folders],
+         'temperature': float(cfg.temperature), 'num_features': len(features)}
+  cache = os.path.join(workdir, 'teacher_targets.npz')
+  if os.path.exists(cache):
+    with np.load(cache) as saved:
+      if json.loads(str(saved['key'])) == key:
+        return saved['targets']
+  vocab = tokenizer.get_vocab()
+  outputs = []
+  for folder in folders:
+    run = saved_runs.load_run(folder, cfg.checkpoint)
+    if run.spec.name != spec.name:
+      raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student '
+                       f'on {spec.name}')
+    if run.config.model != config.model and load_tokenizer(run.config.model).get_vocab() != vocab:
+      raise ValueError(f'Teacher {folder} ({run.config.model}) uses another tokenizer than '
+                       f'the student ({config.model}); they must share one')
+    t0 = time.perf_counter()
+    outputs.append(saved_runs.run_outputs(run, features, config.eval_batch_size,
+                                          config.max_length, config.pad_multiple))
+    logging.info('Teacher %s (%s checkpoint, step %d): %d train outputs in %.0f s', folder,
+                 cfg.checkpoint, run.step, len(features), time.perf_counter() - t0)
+  targets = distill.teacher_targets(outputs, spec.kind, cfg.temperature)
+  if jax.process_index() == 0:  # written whole, then renamed: a kill leaves no half file
+    with open(cache + '.tmp', 'wb') as f:
+      np.savez(f, targets=targets, key=json.dumps(key))
+    os.replace(cache + '.tmp', cache)
+  return targets
 
 
 class _Progress:

@@ -265,3 +265,55 @@ def test_evaluate_rescores_saved_runs_and_their_ensemble(tiny_model, tmp_path):
     evaluate.score_runs([run])
   assert evaluate.score_runs([run], fallback_config=tiny_config(tiny_model))['runs'][run] == \
       scores['runs'][run]
+
+
+def test_distillation_from_saved_runs(tiny_model, tmp_path):
+  """Saved runs as teachers: targets, their cache, the alpha mix and errors."""
+  from research.checkpoints import load_tokenizer  # pylint: disable=g-import-not-at-top
+  from research.data import tasks  # pylint: disable=g-import-not-at-top
+  from research.train import saved_runs  # pylint: disable=g-import-not-at-top
+  from research.transforms import distill  # pylint: disable=g-import-not-at-top
+  teacher = tmp_path / 'teacher'
+  trainer.train_and_evaluate(tiny_config(tiny_model, dropout=0.0, seed=5), teacher)
+  plain = trainer.train_and_evaluate(tiny_config(tiny_model, dropout=0.0), tmp_path / 'plain')
+
+  def student_config(alpha, teachers=f'{teacher},{teacher}'):
+    config = tiny_config(tiny_model, dropout=0.0)
+    config.distill.teachers, config.distill.checkpoint = teachers, 'latest'
+    config.distill.alpha, config.distill.temperature = alpha, 2.0
+    return config
+
+  # alpha 0: the targets are built but weigh nothing, so training equals the plain run.
+  zero = trainer.train_and_evaluate(student_config(0.0), tmp_path / 'zero')
+  for a, b in zip(jax.tree.leaves(plain['params']), jax.tree.leaves(zero['params'])):
+    np.testing.assert_array_equal(a, b)
+  # The cached targets are the teachers' softened probabilities on the train features
+  # (two copies of one teacher average to that teacher).
+  config = student_config(0.0)
+  _, features = trainer.load_split(config, tasks.get_task('sst2'), load_tokenizer(tiny_model),
+                                   'train', config.train_examples, training=True)
+  probs = saved_runs.run_outputs(saved_runs.load_run(str(teacher), 'latest'), features)
+  cached = np.load(tmp_path / 'zero' / 'teacher_targets.npz')['targets']
+  assert cached.shape == (len(features), 2)
+  np.testing.assert_allclose(cached, distill.soften(probs, 2.0), rtol=1e-5)
+
+  # alpha 1: the labels are unused and the run differs; a resume reuses the cached targets.
+  one = trainer.train_and_evaluate(student_config(1.0), tmp_path / 'one')
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(plain['params']), jax.tree.leaves(one['params'])))
+  cache = tmp_path / 'one' / 'teacher_targets.npz'
+  written = cache.stat().st_mtime_ns
+  shutil.rmtree(tmp_path / 'one' / 'checkpoints' / '6')
+  resumed = trainer.train_and_evaluate(student_config(1.0), tmp_path / 'one')
+  assert cache.stat().st_mtime_ns == written
+  for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(resumed['params'])):
+    np.testing.assert_array_equal(a, b)
+
+  with pytest.raises(ValueError, match=r'distill.alpha must be in \[0, 1\]'):
+    trainer.train_and_evaluate(student_config(1.5), tmp_path / 'bad')
+  other = tmp_path / 'other_task'
+  shutil.copytree(teacher, other)
+  saved = json.loads((other / 'config.json').read_text())
+  (other / 'config.json').write_text(json.dumps({**saved, 'task': 'mrpc'}))
+  with pytest.raises(ValueError, match='trained on mrpc, the student on sst2'):
+    trainer.train_and_evaluate(student_config(0.5, str(other)), tmp_path / 'mismatch')
