@@ -73,9 +73,11 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   # Distillation from saved runs: comma-separated workdirs whose outputs on the train set
-  # become soft targets, weighted alpha against the labels; '' = off.
+  # become soft targets, weighted alpha against the labels; '' = off. Teachers' outputs
+  # are cached in cache_dir ('' = the workdir), so other students can reuse them.
   c.distill = ml_collections.ConfigDict({
-      'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0})
+      'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
+      'cache_dir': ''})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
       'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1,

@@ -12,7 +12,6 @@ anything is saved, leaving the last good checkpoint untouched.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -31,7 +30,8 @@ from research.data.batching import BatchIterator
 from research.data.sources import load_examples
 from research.data.tokenize import encode
 from research.models.heads import TaskModel, loss_fn, predictions
-from research.train import averaging, evaluation, saved_runs, sharding
+from research.train import averaging, evaluation, sharding
+from research.train import teachers as teachers_lib
 from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   distill_config = config.get('distill')
   teachers = distill_config.teachers if distill_config else ''
   # [train features, ...] soft targets, looked up by each batch's feature indices.
-  targets = (teacher_targets(config, spec, tokenizer, train_features, workdir)
+  targets = (teachers_lib.soft_targets(config, spec, tokenizer, train_features, workdir)
              if teachers else None)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
   logging.info('%s: %d train / %d eval examples, %d steps (%d per epoch)', spec.name,
@@ -295,51 +295,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
           'total_params': total, 'workdir': workdir, 'params': eval_params(state),
           'model': model}
-
-
-def teacher_targets(config, spec: tasks.TaskSpec, tokenizer, features: list,
-                    workdir: str) -> np.ndarray:
-  """Soft targets for `features` from the saved runs in `config.distill.teachers`.
-
-  Each teacher is rebuilt from its workdir (config.json and checkpoint) and run on the
-  student's own train features, so teachers must share the student's task and
-  tokenizer. The result is cached in `workdir/teacher_targets.npz` together with what
-  produced it, so a resumed run does not run the teachers again.
-  """
-  cfg = config.distill
-  if spec.kind not in distill.KINDS:
-    raise ValueError(f'config.distill supports {distill.KINDS} tasks; {spec.name} is '
-                     f'{spec.kind}')
-  folders = [os.path.abspath(w.strip()) for w in cfg.teachers.split(',') if w.strip()]
-  key = {'teachers': folders, 'checkpoint': cfg.checkpoint,
-         'steps': [saved_runs.checkpoint_step(f, cfg.checkpoint) for f in folders],
-         'temperature': float(cfg.temperature), 'num_features': len(features)}
-  cache = os.path.join(workdir, 'teacher_targets.npz')
-  if os.path.exists(cache):
-    with np.load(cache) as saved:
-      if json.loads(str(saved['key'])) == key:
-        return saved['targets']
-  vocab = tokenizer.get_vocab()
-  outputs = []
-  for folder in folders:
-    run = saved_runs.load_run(folder, cfg.checkpoint)
-    if run.spec.name != spec.name:
-      raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student '
-                       f'on {spec.name}')
-    if run.config.model != config.model and load_tokenizer(run.config.model).get_vocab() != vocab:
-      raise ValueError(f'Teacher {folder} ({run.config.model}) uses another tokenizer than '
-                       f'the student ({config.model}); they must share one')
-    t0 = time.perf_counter()
-    outputs.append(saved_runs.run_outputs(run, features, config.eval_batch_size,
-                                          config.max_length, config.pad_multiple))
-    logging.info('Teacher %s (%s checkpoint, step %d): %d train outputs in %.0f s', folder,
-                 cfg.checkpoint, run.step, len(features), time.perf_counter() - t0)
-  targets = distill.teacher_targets(outputs, spec.kind, cfg.temperature)
-  if jax.process_index() == 0:  # written whole, then renamed: a kill leaves no half file
-    with open(cache + '.tmp', 'wb') as f:
-      np.savez(f, targets=targets, key=json.dumps(key))
-    os.replace(cache + '.tmp', cache)
-  return targets
 
 
 class _Progress:

@@ -271,7 +271,7 @@ def test_distillation_from_saved_runs(tiny_model, tmp_path):
   """Saved runs as teachers: targets, their cache, the alpha mix and errors."""
   from research.checkpoints import load_tokenizer  # pylint: disable=g-import-not-at-top
   from research.data import tasks  # pylint: disable=g-import-not-at-top
-  from research.train import saved_runs  # pylint: disable=g-import-not-at-top
+  from research.train import saved_runs, teachers  # pylint: disable=g-import-not-at-top
   from research.transforms import distill  # pylint: disable=g-import-not-at-top
   teacher = tmp_path / 'teacher'
   trainer.train_and_evaluate(tiny_config(tiny_model, dropout=0.0, seed=5), teacher)
@@ -287,27 +287,40 @@ def test_distillation_from_saved_runs(tiny_model, tmp_path):
   zero = trainer.train_and_evaluate(student_config(0.0), tmp_path / 'zero')
   for a, b in zip(jax.tree.leaves(plain['params']), jax.tree.leaves(zero['params'])):
     np.testing.assert_array_equal(a, b)
-  # The cached targets are the teachers' softened probabilities on the train features
-  # (two copies of one teacher average to that teacher).
+  # The targets are the teacher's softened probabilities on the train features (two
+  # copies of one teacher average to that teacher); its outputs are cached once.
   config = student_config(0.0)
-  _, features = trainer.load_split(config, tasks.get_task('sst2'), load_tokenizer(tiny_model),
-                                   'train', config.train_examples, training=True)
+  spec = tasks.get_task('sst2')
+  tokenizer = load_tokenizer(tiny_model)
+  _, features = trainer.load_split(config, spec, tokenizer, 'train', config.train_examples,
+                                   training=True)
   probs = saved_runs.run_outputs(saved_runs.load_run(str(teacher), 'latest'), features)
-  cached = np.load(tmp_path / 'zero' / 'teacher_targets.npz')['targets']
-  assert cached.shape == (len(features), 2)
-  np.testing.assert_allclose(cached, distill.soften(probs, 2.0), rtol=1e-5)
+  cached = list((tmp_path / 'zero').glob('teacher_*.npz'))
+  assert len(cached) == 1
+  np.testing.assert_allclose(np.load(cached[0])['outputs'], probs, rtol=1e-6)
+  targets = teachers.soft_targets(config, spec, tokenizer, features, str(tmp_path / 'zero'))
+  assert targets.shape == (len(features), 2)
+  np.testing.assert_allclose(targets, distill.soften(probs, 2.0), rtol=1e-5)
+  cached[0].write_bytes(b'not a zip')  # an unreadable cache is a miss, then rewritten
+  np.testing.assert_array_equal(
+      teachers.soft_targets(config, spec, tokenizer, features, str(tmp_path / 'zero')), targets)
+  np.testing.assert_allclose(np.load(cached[0])['outputs'], probs, rtol=1e-6)
 
-  # alpha 1: the labels are unused and the run differs; a resume reuses the cached targets.
+  # alpha 1: the labels are unused and the run differs. A resumed run, and one with
+  # another temperature sharing the cache, do not run the teacher again.
   one = trainer.train_and_evaluate(student_config(1.0), tmp_path / 'one')
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(plain['params']), jax.tree.leaves(one['params'])))
-  cache = tmp_path / 'one' / 'teacher_targets.npz'
+  (cache,) = (tmp_path / 'one').glob('teacher_*.npz')
   written = cache.stat().st_mtime_ns
   shutil.rmtree(tmp_path / 'one' / 'checkpoints' / '6')
   resumed = trainer.train_and_evaluate(student_config(1.0), tmp_path / 'one')
-  assert cache.stat().st_mtime_ns == written
   for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(resumed['params'])):
     np.testing.assert_array_equal(a, b)
+  hotter = student_config(1.0)
+  hotter.distill.temperature, hotter.distill.cache_dir = 4.0, str(tmp_path / 'one')
+  trainer.train_and_evaluate(hotter, tmp_path / 'hotter')
+  assert cache.stat().st_mtime_ns == written and not list((tmp_path / 'hotter').glob('teacher_*'))
 
   with pytest.raises(ValueError, match=r'distill.alpha must be in \[0, 1\]'):
     trainer.train_and_evaluate(student_config(1.5), tmp_path / 'bad')

@@ -1,0 +1,95 @@
+"""Saved runs as distillation teachers: their outputs on a student's train features.
+
+    targets = soft_targets(config, spec, tokenizer, train_features, workdir)
+
+Each teacher is rebuilt from its workdir (`config.json` + checkpoint, see `saved_runs`)
+and run once, without dropout, on the student's own features, so teachers must share the
+student's task and tokenizer. Running a frozen teacher inside every step would give the
+same numbers at several times the cost, since nothing about an example changes between
+epochs. Each teacher's raw outputs are cached under `config.distill.cache_dir` (default:
+the student's workdir) by a key of the teacher's folder, checkpoint step and the
+features' token ids, so a resumed run, or a second student with another temperature or
+alpha, does not run the teachers again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import zipfile
+
+import jax
+import numpy as np
+
+from research.checkpoints import load_tokenizer
+from research.data import tasks
+from research.train import saved_runs
+from research.transforms import distill
+
+
+def features_digest(features: list) -> str:
+  """A hash of the features' token ids (and token types): equal only for equal inputs."""
+  digest = hashlib.sha1()
+  for feature in features:
+    for key in ('input_ids', 'token_type_ids'):
+      if key in feature:
+        digest.update(np.asarray(feature[key], np.int32).tobytes())
+    digest.update(b'|')
+  return digest.hexdigest()
+
+
+def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks.TaskSpec,
+                    tokenizer, cache_dir: str, digest: str | None = None) -> np.ndarray:
+  """One teacher's class probabilities [n, classes] or scores [n] on `features`."""
+  step = saved_runs.checkpoint_step(folder, which)
+  digest = digest or features_digest(features)
+  key = json.dumps({'teacher': folder, 'checkpoint': which, 'step': step, 'features': digest})
+  path = os.path.join(cache_dir, 'teacher_' + hashlib.sha1(key.encode()).hexdigest()[:16]
+                      + '.npz')
+  if os.path.exists(path):
+    try:
+      with np.load(path) as saved:
+        if str(saved['key']) == key:
+          return saved['outputs']
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      logging.warning('Ignoring unreadable teacher cache %s (%s); running the teacher', path, e)
+  run = saved_runs.load_run(folder, which)
+  if run.spec.name != spec.name:
+    raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student on '
+                     f'{spec.name}')
+  if (run.config.model != config.model
+      and load_tokenizer(run.config.model).get_vocab() != tokenizer.get_vocab()):
+    raise ValueError(f'Teacher {folder} ({run.config.model}) uses another tokenizer than '
+                     f'the student ({config.model}); they must share one')
+  t0 = time.perf_counter()
+  outputs = saved_runs.run_outputs(run, features, config.eval_batch_size, config.max_length,
+                                   config.pad_multiple)
+  logging.info('Teacher %s (%s checkpoint, step %d): %d outputs in %.0f s', folder, which,
+               step, len(features), time.perf_counter() - t0)
+  if jax.process_index() == 0:  # written whole, then renamed: a kill leaves no half file
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      np.savez(f, outputs=outputs, key=key)
+    os.replace(path + '.tmp', path)
+  return outputs
+
+
+def soft_targets(config, spec: tasks.TaskSpec, tokenizer, features: list,
+                 workdir: str) -> np.ndarray:
+  """The ensemble target of `config.distill.teachers` for each of `features`.
+
+  Returns [n, classes] mean softened probabilities (classification) or [n] mean scores
+  (regression); see `research.transforms.distill.teacher_targets`.
+  """
+  cfg = config.distill
+  if spec.kind not in distill.KINDS:
+    raise ValueError(f'config.distill supports {distill.KINDS} tasks; {spec.name} is '
+                     f'{spec.kind}')
+  folders = [os.path.abspath(w.strip()) for w in cfg.teachers.split(',') if w.strip()]
+  cache_dir = cfg.get('cache_dir') or workdir
+  digest = features_digest(features)
+  outputs = [teacher_outputs(folder, cfg.checkpoint, features, config, spec, tokenizer,
+                             cache_dir, digest) for folder in folders]
+  return distill.teacher_targets(outputs, spec.kind, cfg.temperature)
