@@ -7,7 +7,9 @@ Reads top to bottom: config checks, data, model, mesh and shardings, optimizer
 A run killed at any point restarts from the workdir's latest checkpoint (params,
 optimizer state, RNG and the data iterator's position), so a resumed run ends with
 the same params as an uninterrupted one. A non-finite loss stops the run before
-anything is saved, leaving the last good checkpoint untouched.
+anything is saved, leaving the last good checkpoint untouched. With
+`config.distill.teachers`, saved runs' outputs join the labels as soft targets
+(`research/train/teachers.py`); the log then splits the loss into task and distill parts.
 """
 from __future__ import annotations
 
@@ -213,13 +215,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
         params = {**params, 'encoder': jax.lax.stop_gradient(params['encoder'])}
       logits = forward(params, batch, True, step_rng)
       value = loss_fn(spec.kind, logits, batch)[0]
-      if targets is not None:
-        soft = distill.soft_loss(spec.kind, logits, batch['teacher'], batch['weights'],
-                                 distill_config.temperature)
-        value = (1 - distill_config.alpha) * value + distill_config.alpha * soft
-      return value
+      if targets is None:
+        return value, {}
+      soft = distill.soft_loss(spec.kind, logits, batch['teacher'], batch['weights'],
+                               distill_config.temperature)
+      mixed = (1 - distill_config.alpha) * value + distill_config.alpha * soft
+      return mixed, {'task_loss': value, 'distill_loss': soft}
 
-    value, grads = jax.value_and_grad(loss)(state['params'])
+    (value, parts), grads = jax.value_and_grad(loss, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     # The norm covers trainable gradients only: reading frozen ones would force XLA to
@@ -228,7 +231,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
                        if label == 'train']
     metrics = {'loss': value, 'grad_norm': optax.global_norm(trainable_grads),
                'param_norm': optax.global_norm(params),
-               'learning_rate': schedule(state['step'])}
+               'learning_rate': schedule(state['step']), **parts}
     new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
     if ema_decay:
       new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)

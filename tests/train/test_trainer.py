@@ -309,6 +309,9 @@ def test_distillation_from_saved_runs(tiny_model, tmp_path):
   # alpha 1: the labels are unused and the run differs. A resumed run, and one with
   # another temperature sharing the cache, do not run the teacher again.
   one = trainer.train_and_evaluate(student_config(1.0), tmp_path / 'one')
+  logged = read_metrics(tmp_path / 'one', 'train')[-1]
+  assert logged['loss'] == pytest.approx(logged['distill_loss'])  # alpha 1: soft part only
+  assert logged['task_loss'] > 0
   assert any(not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(plain['params']), jax.tree.leaves(one['params'])))
   (cache,) = (tmp_path / 'one').glob('teacher_*.npz')
