@@ -58,23 +58,27 @@ def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
       read_only=True, create=False, save_interval_steps=0))
 
 
-def checkpoint_step(workdir: str, which: str = 'best') -> int:
-  """The step of a run's best or latest checkpoint, without reading it."""
-  manager = _manager(workdir, which)
-  try:
-    step = manager.latest_step()  # the best folder keeps only the best step
-  finally:
-    manager.close()
+def _latest_step(manager: ocp.CheckpointManager, workdir: str, which: str) -> int:
+  step = manager.latest_step()  # the best folder keeps only the best step
   if step is None:
     raise FileNotFoundError(f'No {which} checkpoint in {workdir}')
   return int(step)
 
 
-def restore_params(workdir: str, which: str = 'best') -> tuple[Any, int]:
-  """(params, step) of a run's best or latest checkpoint (its EMA if it kept one)."""
-  step = checkpoint_step(workdir, which)
+def checkpoint_step(workdir: str, which: str = 'best') -> int:
+  """The step of a run's best or latest checkpoint, without reading it."""
   manager = _manager(workdir, which)
   try:
+    return _latest_step(manager, workdir, which)
+  finally:
+    manager.close()
+
+
+def restore_params(workdir: str, which: str = 'best') -> tuple[Any, int]:
+  """(params, step) of a run's best or latest checkpoint (its EMA if it kept one)."""
+  manager = _manager(workdir, which)
+  try:
+    step = _latest_step(manager, workdir, which)
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))['state']
   finally:

@@ -43,11 +43,14 @@ def features_digest(features: list) -> str:
 def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks.TaskSpec,
                     tokenizer, cache_dir: str, digest: str | None = None) -> np.ndarray:
   """One teacher's class probabilities [n, classes] or scores [n] on `features`."""
-  step = saved_runs.checkpoint_step(folder, which)
   digest = digest or features_digest(features)
-  key = json.dumps({'teacher': folder, 'checkpoint': which, 'step': step, 'features': digest})
-  path = os.path.join(cache_dir, 'teacher_' + hashlib.sha1(key.encode()).hexdigest()[:16]
-                      + '.npz')
+
+  def cache_entry(step):
+    key = json.dumps({'teacher': folder, 'checkpoint': which, 'step': step, 'features': digest})
+    name = 'teacher_' + hashlib.sha1(key.encode()).hexdigest()[:16] + '.npz'
+    return key, os.path.join(cache_dir, name)
+
+  key, path = cache_entry(saved_runs.checkpoint_step(folder, which))
   if os.path.exists(path):
     try:
       with np.load(path) as saved:
@@ -56,6 +59,7 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
       logging.warning('Ignoring unreadable teacher cache %s (%s); running the teacher', path, e)
   run = saved_runs.load_run(folder, which)
+  key, path = cache_entry(run.step)  # the teacher may have saved a newer step meanwhile
   if run.spec.name != spec.name:
     raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student on '
                      f'{spec.name}')
@@ -67,7 +71,7 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
   outputs = saved_runs.run_outputs(run, features, config.eval_batch_size, config.max_length,
                                    config.pad_multiple)
   logging.info('Teacher %s (%s checkpoint, step %d): %d outputs in %.0f s', folder, which,
-               step, len(features), time.perf_counter() - t0)
+               run.step, len(features), time.perf_counter() - t0)
   if jax.process_index() == 0:  # written whole, then renamed: a kill leaves no half file
     os.makedirs(cache_dir, exist_ok=True)
     with open(path + '.tmp', 'wb') as f:
