@@ -1,10 +1,14 @@
-"""Shared defaults and the `:key=value,flag` argument parser for config files."""
+"""The `:key=value,flag` argument parser for config files; the library's defaults.
+
+`trainer_defaults` and `default_data_dir` live in the library (research/train/defaults.py,
+research/data/sources.py) so notebooks and tests use them without importing experiments/.
+"""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import ml_collections
+
+from research.data.sources import default_data_dir  # pylint: disable=unused-import
+from research.train.defaults import trainer_defaults  # pylint: disable=unused-import
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -25,62 +29,3 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     else:
       out[key] = type(defaults[key])(value)
   return out
-
-
-def default_data_dir(task_folder: str = 'glue') -> str:
-  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present.
-
-  An explicit local folder wins over TFDS, which would try the network first.
-  """
-  env = os.environ.get('RESEARCH_DATA_DIR')
-  if env:
-    return env
-  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data'
-  shared = shared / task_folder if task_folder else shared
-  return str(shared) if shared.is_dir() else ''
-
-
-def trainer_defaults() -> ml_collections.ConfigDict:
-  """Every field the trainer reads, with safe defaults."""
-  c = ml_collections.ConfigDict()
-  c.model = 'minilm-l6'
-  c.task = 'sst2'
-  c.data_dir = ''            # local folder in original formats; '' = TFDS
-  c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'
-  c.train_split = 'train'
-  c.eval_split = 'validation'
-  c.train_examples = 0       # 0 = all; >0 takes the first N (smoke runs)
-  c.eval_examples = 0
-  c.max_length = 128
-  c.doc_stride = 128         # SQuAD: context tokens shared by consecutive windows
-  c.pad_multiple = 16
-  c.bucket_batches = 100     # sort by length within chunks of this many batches
-  c.batch_size = 32
-  c.eval_batch_size = 128
-  c.num_epochs = 3
-  c.total_steps = 0          # 0 = num_epochs * steps per epoch
-  c.layer_mix = 'top'
-  c.pooling = 'cls'
-  c.head_hidden = 0
-  c.dropout = 0.1
-  c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
-  c.freeze = 'full'
-  c.dtype = 'float32'
-  c.seed = 0
-  c.log_every = 50
-  c.eval_every = 0           # 0 = once per epoch
-  c.checkpoint_every = 0     # 0 = at every evaluation
-  c.keep_checkpoints = 2
-  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
-  # Distillation from saved runs: comma-separated workdirs whose outputs on the train set
-  # become soft targets, weighted alpha against the labels; '' = off. Teachers' outputs
-  # are cached in cache_dir ('' = the workdir), so other students can reuse them.
-  c.distill = ml_collections.ConfigDict({
-      'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
-      'cache_dir': ''})
-  c.optimizer = ml_collections.ConfigDict({
-      'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
-      'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1,
-      # layer-wise lr decay; 1.0 = off (a float so --config.optimizer.llrd=0.9 works)
-      'llrd': 1.0})
-  return c

@@ -5,6 +5,8 @@ Example:
   >>> dev = load_examples('sst2', 'validation')   # TFDS, if reachable
 """
 
+import os
+from pathlib import Path
 from typing import Optional, Union
 
 from research.data import local_source, tasks, tfds_source
@@ -54,3 +56,16 @@ def load_examples(task: Union[str, tasks.TaskSpec], split: str,
         f'{NO_DATA} (task {spec.name!r}, split {split!r}, TFDS '
         f'{spec.tfds_name!r} failed with {type(e).__name__}: '
         f'{str(e).splitlines()[0] if str(e) else ""})') from e
+
+
+def default_data_dir(task_folder: str = 'glue') -> str:
+  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present.
+
+  An explicit local folder wins over TFDS, which would try the network first.
+  """
+  env = os.environ.get('RESEARCH_DATA_DIR')
+  if env:
+    return env
+  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data'
+  shared = shared / task_folder if task_folder else shared
+  return str(shared) if shared.is_dir() else ''

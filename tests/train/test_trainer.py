@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs.common import trainer_defaults
+from research.train.defaults import trainer_defaults
 from research.checkpoints import export_pretrained
 from research.models import EncoderConfig, init_params
 from research.train import trainer
