@@ -12,6 +12,7 @@ Target (issue 2): ratio >= 1.2 at 32x128 and 8x64.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -54,6 +55,7 @@ def main():
   print(f'{"shape":>8} {"ours seq/s":>11} {"torch seq/s":>12} {"ratio":>6} '
         f'{"ours GFLOP/s":>13} {"of peak":>8}')
   rng = np.random.default_rng(0)
+  rows = []
   for shape in args.shapes.split(','):
     batch, length = (int(v) for v in shape.split('x'))
     ids = rng.integers(1000, config.vocab_size, (batch, length)).astype(np.int32)
@@ -75,6 +77,11 @@ def main():
     gflops = encoder_flops(config, batch, length) / s_ours / 1e9
     print(f'{shape:>8} {batch / s_ours:11.1f} {batch / s_torch:12.1f} '
           f'{s_torch / s_ours:6.2f} {gflops:13.1f} {gflops / peak:8.0%}')
+    rows.append({'shape': shape, 'ours_seq_per_s': batch / s_ours,
+                 'torch_seq_per_s': batch / s_torch, 'ratio': s_torch / s_ours,
+                 'ours_gflops': gflops})
+  print(json.dumps({'benchmark': 'encoder_cpu', 'model': args.model, 'threads': THREADS,
+                    'peak_gflops': peak, 'shapes': rows}))
 
 
 if __name__ == '__main__':

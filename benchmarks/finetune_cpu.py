@@ -9,9 +9,9 @@ batch (random token ids, full attention mask, random labels), dropout on, and th
 optimizer: AdamW (lr 1e-4 constant, weight decay 0.01 except biases and LayerNorm,
 eps 1e-8) after global-norm gradient clipping at 1.0.
 
-* ours: `TaskModel(kind='classification', pooling='cls')` on `load_pretrained`, the
-  optimizer from `make_optimizer`, and a `jax.jit(..., donate_argnums=0)` train step
-  shaped like `research/train/trainer.py` (loss and grad norm as metrics);
+* ours: `TaskModel` with a `Classification(pooling='cls')` objective on `load_pretrained`,
+  the optimizer from `make_optimizer` under `freeze.with_freezing` (full fine-tuning),
+  and the trainer's own step (`research/train/step.make_train_step`), jitted and donated;
 * reference: `BertForSequenceClassification.from_pretrained(folder, num_labels=2)` in
   `model.train()`, `torch.optim.AdamW`, `clip_grad_norm_`, `torch.set_num_threads(2)`.
 
@@ -33,7 +33,7 @@ suffer more from contention).
 from __future__ import annotations
 
 import argparse
-import functools
+import json
 import os
 import statistics
 import sys
@@ -46,51 +46,38 @@ THREADS = int(os.environ.get('BENCH_THREADS', '2'))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained, resolve  # pylint: disable=wrong-import-position
-from research.models.heads import TaskModel, loss_fn  # pylint: disable=wrong-import-position
+from research.models.heads import TaskModel  # pylint: disable=wrong-import-position
+from research.objectives import Classification  # pylint: disable=wrong-import-position
 from research.train.optimizers import make_optimizer  # pylint: disable=wrong-import-position
+from research.train.step import TaskLoss, init_state, make_train_step  # pylint: disable=wrong-import-position
+from research.transforms import freeze  # pylint: disable=wrong-import-position
 
 LR, WEIGHT_DECAY, CLIP, DROPOUT = 1e-4, 0.01, 1.0, 0.1
 
 
 def make_ours(config, encoder_params, batch: dict, total_steps: int):
-  """Returns (step_fn, state): one jitted, donated AdamW fine-tuning step."""
-  model = TaskModel(config, 'classification', 2, pooling='cls', head_dropout=DROPOUT)
+  """Returns (step_fn, state): the trainer's own jitted, donated step (research/train/step.py)."""
+  objective = Classification(num_labels=2, pooling='cls', head_dropout=DROPOUT)
+  model = TaskModel(config, objective)
   params = model.init(jax.random.PRNGKey(0), batch['input_ids'][:1],
                       batch['attention_mask'][:1])['params']
-  params = {**params, 'encoder': encoder_params}
-  tx = make_optimizer({'learning_rate': LR, 'total_steps': total_steps,
-                       'schedule': 'constant', 'weight_decay': WEIGHT_DECAY,
-                       'clip_norm': CLIP})
-  params = jax.device_put(params)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(1)}
+  params = jax.device_put({**params, 'encoder': encoder_params})
+  rules = freeze.preset('full')  # as the trainer: optax.partition over freezing labels
+  tx = freeze.with_freezing(make_optimizer({
+      'learning_rate': LR, 'total_steps': total_steps, 'schedule': 'constant',
+      'weight_decay': WEIGHT_DECAY, 'clip_norm': CLIP}), params, rules)
+  state = init_state(params, tx, seed=1)
 
   @jax.jit
   def _identity(x):
     return x
   state = _identity(state)  # every leaf a committed device array, as the step returns
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state, batch):
-    step_rng = jax.random.fold_in(state['rng'], state['step'])
-
-    def loss(params):
-      logits = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
-                           batch['token_type_ids'], deterministic=False,
-                           rngs={'dropout': step_rng})[0]
-      return loss_fn('classification', logits, batch)[0]
-
-    value, grads = jax.value_and_grad(loss)(state['params'])
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    metrics = {'loss': value, 'grad_norm': optax.global_norm(grads)}
-    return {**state, 'step': state['step'] + 1, 'params': params,
-            'opt_state': opt_state}, metrics
-
+  train_step = jax.jit(make_train_step(model, tx, [TaskLoss(objective)],
+                                       labels=freeze.freeze_labels(params, rules)),
+                       donate_argnums=0)
   return train_step, state
 
 
@@ -208,6 +195,11 @@ def main():
   paired = [t / o for o, t in zip(ours_med, torch_med)]
   print(f'per-round ratios: {" ".join(f"{r:.2f}" for r in paired)} '
         f'(median {statistics.median(paired):.2f})')
+  print(json.dumps({
+      'benchmark': 'finetune_cpu', 'model': args.model, 'batch': args.batch,
+      'length': args.length, 'dtype': args.dtype, 'threads': THREADS,
+      'ours_examples_per_s': args.batch / s_ours, 'torch_examples_per_s': args.batch / s_torch,
+      'ratio': s_torch / s_ours, 'per_round_ratios': paired}))
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from research.data import tasks
 from research.evaluate.plots import training_curves
+from research.train.metric_writer import read_metrics
 from research.train.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
@@ -38,7 +39,9 @@ def main(argv):
       'tensorboard': os.path.join(workdir, 'tensorboard'),
       'checkpoints (latest, for resuming)': os.path.join(workdir, 'checkpoints'),
       'checkpoint (best dev score)': os.path.join(workdir, 'best'),
-      'plot': training_curves(workdir),
+      'architecture': os.path.join(workdir, 'model.json'),
+      'plot': training_curves(read_metrics(workdir, 'train'), read_metrics(workdir, 'eval'),
+                              os.path.join(workdir, 'plots', 'training_curves.png')),
   }
   print(json.dumps(summary, indent=2))
   main_metric = tasks.get_task(config.task).main_metric

@@ -5,6 +5,13 @@
 
 The tensor names come from the same table as loading (`hf_names.tensor_map`), so a
 load -> export -> load round trip is exact.
+
+Structurally pruned models (fewer heads, narrower or per-layer FFNs) are padded back
+to full size with zeros by `pad_pruned`: a zero head (Q, K, V and its output rows) and
+a zero FFN unit contribute exactly nothing, so the padded model computes the same
+outputs in any transformers version (transformers 5 dropped `pruned_heads`), only
+without the speed-up. `pad=False` writes `pruned_heads` instead (read by
+transformers < 5) and refuses per-layer FFN widths, which no HF config can express.
 """
 from __future__ import annotations
 
@@ -41,8 +48,50 @@ def to_hf_tensors(config: EncoderConfig, params: Mapping[str, Any]) -> dict[str,
   return out
 
 
+def pad_pruned(config: EncoderConfig, params: Mapping[str, Any]
+               ) -> tuple[EncoderConfig, dict]:
+  """(config, params) with every layer at full heads and the widest FFN, zeros added.
+
+  The padded model's outputs equal the pruned model's: padded heads have zero query,
+  key, value and output weights (their context is zero), and padded FFN units zero
+  weights and bias (GELU/ReLU of 0 is 0).
+  """
+  full_heads = config.hidden_size // config.head_dim
+  width = max(config.ffn(i) for i in range(config.num_layers))
+  if all(config.heads(i) == full_heads and config.ffn(i) == width
+         for i in range(config.num_layers)):
+    return config, dict(params)
+  if config.attention_map is not None or config.ffn_map is not None:
+    raise ValueError('Padding pruned layers of a model with shared layers is not supported')
+  pad = lambda x, axis, size: np.pad(np.asarray(x), [(0, size - np.shape(x)[a]) if a == axis
+                                                      else (0, 0) for a in range(np.ndim(x))])
+  out = flax.traverse_util.flatten_dict(params, sep='/')
+  for i in range(config.num_layers):
+    prefix = f'layer_{i}'
+    for name in ('query', 'key', 'value'):
+      out[f'{prefix}/attention/{name}/kernel'] = pad(out[f'{prefix}/attention/{name}/kernel'],
+                                                     1, full_heads)
+      out[f'{prefix}/attention/{name}/bias'] = pad(out[f'{prefix}/attention/{name}/bias'],
+                                                   0, full_heads)
+    out[f'{prefix}/attention/out/kernel'] = pad(out[f'{prefix}/attention/out/kernel'], 0,
+                                                full_heads)
+    if config.ffn(i) == 0:
+      bias = out.pop(f'{prefix}/mlp/output_bias')
+      out[f'{prefix}/mlp/intermediate/kernel'] = np.zeros((config.hidden_size, width), np.float32)
+      out[f'{prefix}/mlp/intermediate/bias'] = np.zeros((width,), np.float32)
+      out[f'{prefix}/mlp/output/kernel'] = np.zeros((width, config.hidden_size), np.float32)
+      out[f'{prefix}/mlp/output/bias'] = bias
+    else:
+      for name, axis in (('intermediate/kernel', 1), ('intermediate/bias', 0),
+                         ('output/kernel', 0)):
+        out[f'{prefix}/mlp/{name}'] = pad(out[f'{prefix}/mlp/{name}'], axis, width)
+  return (config.replace(num_heads=full_heads, intermediate_size=width),
+          flax.traverse_util.unflatten_dict(out, sep='/'))
+
+
 def export_pretrained(config: EncoderConfig, params: Mapping[str, Any],
-                      folder: str | os.PathLike, tokenizer_from: str | None = None) -> Path:
+                      folder: str | os.PathLike, tokenizer_from: str | None = None,
+                      pad: bool = True) -> Path:
   """Writes config.json and model.safetensors (and tokenizer files) to `folder`.
 
   Args:
@@ -50,14 +99,22 @@ def export_pretrained(config: EncoderConfig, params: Mapping[str, Any],
     params: the encoder's params (the tree under 'encoder' for a task model).
     folder: output folder, created if needed.
     tokenizer_from: a model name or folder whose tokenizer files are copied.
+    pad: write pruned layers padded to full size with zeros (see `pad_pruned`).
 
   Returns:
     The folder path.
   """
+  if pad:
+    config, params = pad_pruned(config, params)
+  return write_folder(folder, to_hf_tensors(config, params), hf_names.config_to_hf(config),
+                      tokenizer_from)
+
+
+def write_folder(folder: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                 hf_config: Mapping[str, Any], tokenizer_from: str | None = None) -> Path:
+  """Writes model.safetensors, config.json and (copied) tokenizer files to `folder`."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   folder = Path(folder)
-  hf_config = hf_names.config_to_hf(config)
-  tensors = to_hf_tensors(config, params)
   folder.mkdir(parents=True, exist_ok=True)
   # Write to temporary names first so an interrupted export never leaves a folder
   # whose config and weights disagree.
@@ -66,8 +123,9 @@ def export_pretrained(config: EncoderConfig, params: Mapping[str, Any],
   tmp_config.write_text(json.dumps(hf_config, indent=2, sort_keys=True))
   os.replace(tmp_weights, folder / 'model.safetensors')
   os.replace(tmp_config, folder / 'config.json')
-  if tokenizer_from is not None:
-    source = hub.resolve(tokenizer_from)
+  if tokenizer_from is not None:  # a tokenizer folder, or a model name / checkpoint folder
+    source = (Path(tokenizer_from) if os.path.isdir(tokenizer_from)
+              else hub.resolve(tokenizer_from))
     for name in _TOKENIZER_FILES:
       if (source / name).is_file():
         shutil.copyfile(source / name, folder / name)

@@ -87,11 +87,16 @@ def tensor_map(config: EncoderConfig) -> list[Entry]:
                 Entry('embeddings/projection/bias',
                       'encoder.embedding_hidden_mapping_in.bias', 'copy')]
   if mt == 'albert':
-    if not config.share_layers:
-      raise ValueError('ALBERT checkpoints require share_layers=True')
-    layers = [('shared_layer', 'encoder.albert_layer_groups.0.albert_layers.0.')]
-  elif config.share_layers:
-    raise ValueError(f'share_layers has no Hugging Face layout for {mt!r}')
+    # ALBERT's layer groups are our parameter sets: application i runs group
+    # i * groups // num_layers for both blocks (`EncoderConfig.shared(groups)`).
+    groups = config.parameter_sets
+    if config != config.shared(groups):
+      raise ValueError('ALBERT checkpoints share whole layers in groups: attention_map and '
+                       f'ffn_map must equal EncoderConfig.shared({groups}) maps')
+    layers = [(f'layer_{g}', f'encoder.albert_layer_groups.{g}.albert_layers.0.')
+              for g in range(groups)]
+  elif config.attention_map is not None or config.ffn_map is not None:
+    raise ValueError(f'Cross-layer sharing has no Hugging Face layout for {mt!r}')
   else:
     hf_stack = 'transformer.layer' if mt == 'distilbert' else 'encoder.layer'
     layers = [(f'layer_{i}', f'{hf_stack}.{i}.') for i in range(config.num_layers)]
@@ -187,10 +192,12 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConfig:
   if mt == 'roberta':
     values['position_offset'] = values['pad_token_id'] + 1
   if mt == 'albert':
-    if hf.get('num_hidden_groups', 1) != 1 or hf.get('inner_group_num', 1) != 1:
-      raise ValueError('Only ALBERT with num_hidden_groups=1 and inner_group_num=1 is supported')
+    if hf.get('inner_group_num', 1) != 1:
+      raise ValueError('Only ALBERT with inner_group_num=1 is supported')
+    groups = hf.get('num_hidden_groups', 1)
     values['embedding_size'] = hf['embedding_size']
-    values['share_layers'] = True
+    mapping = tuple(i * groups // values['num_layers'] for i in range(values['num_layers']))
+    values['attention_map'] = values['ffn_map'] = mapping
   pruned = hf.get('pruned_heads') or {}
   if pruned:
     heads = [values['num_heads'] - len(pruned.get(str(i), pruned.get(i, ())))
@@ -231,5 +238,6 @@ def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
             hidden_dropout_prob=config.hidden_dropout,
             attention_probs_dropout_prob=config.attention_dropout)
   if mt == 'albert':
-    hf.update(embedding_size=config.embed_size, num_hidden_groups=1, inner_group_num=1)
+    hf.update(embedding_size=config.embed_size, num_hidden_groups=config.parameter_sets,
+              inner_group_num=1)
   return hf

@@ -1,21 +1,30 @@
-"""Plots of a run's metrics.jsonl: training loss / learning rate and the eval metrics."""
+"""Plots of a run's metrics: training loss / learning rate and the eval metrics.
+
+Takes the records themselves (`research.train.metric_writer.read_metrics` reads them
+from a run's metrics.jsonl), so this module does not depend on the trainer.
+"""
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
-from research.train.metric_writer import read_metrics
 
+def training_curves(train: Sequence[dict], evals: Sequence[dict],
+                    out: str | os.PathLike) -> str:
+  """Writes a PNG with loss, learning rate and eval metrics against step; returns its path.
 
-def training_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
-  """Writes a PNG with loss, learning rate and eval metrics against step; returns its path."""
+  Args:
+    train: records with 'step', 'loss' and 'learning_rate'.
+    evals: records with 'step' and one value per metric.
+    out: the PNG's path (folders are created).
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  train, evals = read_metrics(workdir, 'train'), read_metrics(workdir, 'eval')
   if not train:
-    raise FileNotFoundError(f'No training metrics in {workdir}/metrics.jsonl')
-  out = os.fspath(out or os.path.join(os.fspath(workdir), 'plots', 'training_curves.png'))
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+    raise ValueError('No training records to plot')
+  out = os.fspath(out)
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
   steps = [r['step'] for r in train]
   axes[0].plot(steps, [r['loss'] for r in train])

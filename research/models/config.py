@@ -13,7 +13,10 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from research.models import products
+
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'relu')
+NORM_POSITIONS = ('post', 'pre')
 MODEL_TYPES = ('bert', 'roberta', 'distilbert', 'albert')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -25,7 +28,7 @@ class EncoderConfig:
   Attributes:
     vocab_size: rows of the word-embedding table.
     hidden_size: width of the residual stream.
-    num_layers: number of Transformer layers (applications, when layers are shared).
+    num_layers: number of Transformer layers applied (applications, when shared).
     num_heads: attention heads, an int or one int per layer (0 removes attention).
     head_dim: width of one head; defaults to hidden_size // num_heads of the
       original model and stays fixed when heads are pruned.
@@ -39,7 +42,22 @@ class EncoderConfig:
     layer_norm_eps: epsilon of every LayerNorm.
     hidden_dropout: dropout on embeddings and on each sub-layer's output.
     attention_dropout: dropout on attention probabilities.
-    share_layers: one set of layer weights applied num_layers times (ALBERT).
+    attention_map: for each application i, the parameter set `layer_<j>` whose
+      attention block (attention + attention_norm) it runs; None = its own (j = i).
+      All zeros shares one attention across layers; (0, 0, 1, 1, ...) shares by pairs.
+    ffn_map: the same for the FFN block (mlp + output_norm). ALBERT's cross-layer
+      sharing sets both maps to zeros (see `shared`).
+    norm_position: 'post' (BERT: x = LN(x + f(x))) or 'pre' (x = x + f(LN(x)), with a
+      final LayerNorm 'final_norm' after the last layer, as GPT-2).
+    embedding_norm: LayerNorm on the embedding output (BERT family yes, GPT-2 no).
+    causal: each token attends only to itself and earlier tokens (decoders).
+    fuse_qkv: run Q, K and V as one product where all three are plain dense
+      projections with one product (faster on CPU; an interceptor such as qwix then
+      sees one product of a concatenated kernel, so turn it off for those).
+    projections: rules ((site_regex, kind), ...) choosing how each projection stores
+      its kernel (`projections.py`); unmatched sites are 'dense'.
+    products: rules ((site_regex, product), ...) choosing the function that
+      multiplies at each site (`products.py`); unmatched sites are 'default'.
     use_pooler: whether a pooler (tanh dense on the first token) exists.
     pad_token_id: id of the padding token.
     model_type: the checkpoint family, used for Hugging Face name mapping.
@@ -60,7 +78,14 @@ class EncoderConfig:
   layer_norm_eps: float = 1e-12
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
-  share_layers: bool = False
+  attention_map: tuple[int, ...] | None = None
+  ffn_map: tuple[int, ...] | None = None
+  norm_position: str = 'post'
+  embedding_norm: bool = True
+  causal: bool = False
+  fuse_qkv: bool = True
+  projections: tuple[tuple[str, str], ...] = ()
+  products: tuple[tuple[str, str], ...] = ()
   use_pooler: bool = True
   pad_token_id: int = 0
   model_type: str = 'bert'
@@ -69,10 +94,12 @@ class EncoderConfig:
 
   def __post_init__(self):
     # Normalise lists (from JSON) to tuples so the config stays hashable.
-    for name in ('num_heads', 'intermediate_size'):
+    for name in ('num_heads', 'intermediate_size', 'attention_map', 'ffn_map'):
       value = getattr(self, name)
       if isinstance(value, list):
         object.__setattr__(self, name, tuple(value))
+    for name in ('projections', 'products'):
+      object.__setattr__(self, name, tuple(tuple(rule) for rule in getattr(self, name)))
     if self.head_dim is None:
       heads0 = self.num_heads if isinstance(self.num_heads, int) else max(self.num_heads)
       if heads0 <= 0 or self.hidden_size % heads0:
@@ -95,8 +122,24 @@ class EncoderConfig:
         errors.append(f'{name} has {len(values)} entries but num_layers={self.num_layers}')
       if any(v < 0 for v in values):
         errors.append(f'{name} must be >= 0, got {value}')
-      if self.share_layers and len(set(values)) > 1:
-        errors.append(f'{name} must be uniform when share_layers=True, got {value}')
+    for name, size in (('attention_map', self.heads), ('ffn_map', self.ffn)):
+      mapping = getattr(self, name)
+      if mapping is None:
+        continue
+      if len(mapping) != self.num_layers or any(not 0 <= j < self.num_layers
+                                                for j in mapping):
+        errors.append(f'{name} needs {self.num_layers} entries in 0..{self.num_layers - 1}, '
+                      f'got {mapping}')
+        continue
+      for j in set(mapping):
+        sizes = {size(i) for i in range(self.num_layers) if mapping[i] == j}
+        if len(sizes) > 1:
+          errors.append(f'{name}: layers sharing parameter set {j} have different sizes '
+                        f'{sorted(sizes)}')
+    if self.norm_position not in NORM_POSITIONS:
+      errors.append(f'norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}')
+    errors += products.check_rules(self.products, 'products')
+    errors += products.check_rules(self.projections, 'projections')
     if self.embedding_size is not None and self.embedding_size <= 0:
       errors.append(f'embedding_size must be positive, got {self.embedding_size}')
     if self.type_vocab_size < 0:
@@ -126,6 +169,26 @@ class EncoderConfig:
     if isinstance(self.intermediate_size, int):
       return self.intermediate_size
     return self.intermediate_size[layer]
+
+  def attention_set(self, layer: int) -> int:
+    """The parameter set whose attention block application `layer` runs."""
+    return layer if self.attention_map is None else self.attention_map[layer]
+
+  def ffn_set(self, layer: int) -> int:
+    """The parameter set whose FFN block application `layer` runs."""
+    return layer if self.ffn_map is None else self.ffn_map[layer]
+
+  @property
+  def parameter_sets(self) -> int:
+    """Number of `layer_<j>` parameter sets (num_layers unless layers are shared)."""
+    used = {self.attention_set(i) for i in range(self.num_layers)}
+    used |= {self.ffn_set(i) for i in range(self.num_layers)}
+    return max(used) + 1
+
+  def shared(self, groups: int = 1) -> 'EncoderConfig':
+    """Whole layers shared: application i runs parameter set i * groups // num_layers."""
+    mapping = tuple(i * groups // self.num_layers for i in range(self.num_layers))
+    return self.replace(attention_map=mapping, ffn_map=mapping)
 
   @property
   def embed_size(self) -> int:

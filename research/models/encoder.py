@@ -1,19 +1,27 @@
-"""A BERT-family Transformer encoder in Flax linen.
+"""A BERT-family Transformer encoder (or GPT-style decoder) in Flax linen.
 
 Parameter tree (stable names; checkpoints/ maps Hugging Face names onto them):
 
   embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding
   embeddings/layer_norm/{scale,bias}, embeddings/projection/{kernel,bias} (factorised)
-  layer_<i>/attention/{query,key,value}/{kernel [hidden, heads, head_dim], bias}
-  layer_<i>/attention/out/{kernel [heads, head_dim, hidden], bias}
-  layer_<i>/attention_norm, layer_<i>/mlp/{intermediate,output}, layer_<i>/output_norm
-  shared_layer/...                       (instead of layer_<i> when share_layers)
+  layer_<j>/attention/{query,key,value}/{kernel [hidden, heads, head_dim], bias}
+  layer_<j>/attention/out/{kernel [heads, head_dim, hidden], bias}
+  layer_<j>/attention_norm, layer_<j>/mlp/{intermediate,output}, layer_<j>/output_norm
+  final_norm/{scale,bias}                (pre-LayerNorm models)
   pooler/{kernel,bias}                   (when use_pooler)
 
-Heads are a separate kernel axis so structured pruning removes them by slicing.
+`layer_<j>` is a parameter set; application i of num_layers runs the attention block
+of set `attention_map[i]` and the FFN block of set `ffn_map[i]` (both i by default;
+all zeros is ALBERT's cross-layer sharing). Heads are a separate kernel axis so
+structured pruning removes them by slicing. Each projection is a module that owns its
+kernel and runs its own product (`projections.py`, `products.py`), so a transform can
+swap how a kernel is stored or multiplied by config rules alone.
+
 `Encoder.__call__` returns `(last_hidden_state, intermediates)` where intermediates
 holds every layer's hidden states (index 0 = embedding output), the attention
-probabilities when asked, and the pooled output when there is a pooler.
+probabilities and each layer's queries, keys and values when asked, and the pooled
+output when there is a pooler. `Encoder.attend(x)` multiplies by the transposed word
+embeddings (tied output heads: masked LM, causal LM).
 """
 from __future__ import annotations
 
@@ -23,12 +31,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import mixed_matmul
-from research.models.dropout import Dropout
+from research.models import projections, products
 from research.models.config import EncoderConfig
+from research.models.dropout import Dropout
 
 Array = jax.Array
-_init = nn.initializers.truncated_normal(stddev=0.02)
+_init = projections.default_init
 
 
 def activation(name: str):
@@ -49,20 +57,14 @@ def _param(module: nn.Module, name: str, shape, axes, init, dtype):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
-class Weights(nn.Module):
-  """A kernel and a bias, read by a parent that fuses the matmuls itself."""
-  shape: tuple[int, ...]
-  axes: tuple[str, ...]
-  bias_dims: int
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self):
-    kernel = _param(self, 'kernel', self.shape, self.axes, _init, self.param_dtype)
-    bias_shape = self.shape[-self.bias_dims:]
-    bias = _param(self, 'bias', bias_shape, self.axes[-self.bias_dims:],
-                  nn.initializers.zeros, self.param_dtype)
-    return kernel, bias
+def projection(parent: nn.Module, cfg: EncoderConfig, name: str, spec: str,
+               kernel_shape: tuple[int, ...], kernel_axes: tuple[str, ...],
+               out_dtype=None) -> projections.Projection:
+  """The projection module `name` of `parent`, of the kind `cfg.projections` picks."""
+  return projections.make(
+      cfg.projections, projections.site_of(parent, name), name=name, spec=spec,
+      kernel_shape=kernel_shape, kernel_axes=kernel_axes, products=cfg.products,
+      dtype=cfg.compute_dtype, out_dtype=out_dtype, param_dtype=cfg.params_dtype)
 
 
 class LayerNorm(nn.Module):
@@ -85,78 +87,134 @@ class LayerNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype or x.dtype)
 
 
+class Embed(nn.Module):
+  """An embedding table (param 'embedding' [rows, features]) that can also `attend`."""
+  rows: int
+  features: int
+  products: tuple[tuple[str, str], ...] = ()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = _param(self, 'embedding', (self.rows, self.features), ('vocab', 'embed'),
+                            _init, self.param_dtype)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array, out_dtype=jnp.float32) -> Array:
+    """x [..., features] times the transposed table: [..., rows] (tied output heads)."""
+    site = '/'.join(str(p) for p in self.scope.path)
+    lead = 'abcdefgh'[:x.ndim - 1]
+    return products.product_at(self.products, site)(
+        f'{lead}e,ve->{lead}v', x.astype(self.dtype), self.embedding.astype(self.dtype),
+        out_dtype=out_dtype)
+
+
 class Embeddings(nn.Module):
   config: EncoderConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    table = lambda rows: Embed(rows, cfg.embed_size, cfg.products, cfg.compute_dtype,
+                               cfg.params_dtype)
+    self.word_embeddings = table(cfg.vocab_size)
+    self.position_embeddings = table(cfg.max_position_embeddings)
+    if cfg.type_vocab_size:
+      self.token_type_embeddings = table(cfg.type_vocab_size)
+    if cfg.embedding_norm:
+      self.layer_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype)
+    self.dropout = Dropout(cfg.hidden_dropout)
+    if cfg.embed_size != cfg.hidden_size:
+      self.projection = projection(self, cfg, 'projection', 'bse,eh->bsh',
+                                   (cfg.embed_size, cfg.hidden_size), ('embed_in', 'embed'))
+
   def __call__(self, input_ids, token_type_ids, attention_mask, deterministic):
     cfg = self.config
-    dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-
-    def table(name, rows):
-      return nn.Embed(rows, cfg.embed_size, dtype=dtype, param_dtype=pdtype, name=name,
-                      embedding_init=nn.with_logical_partitioning(_init, ('vocab', 'embed')))
-
-    x = table('word_embeddings', cfg.vocab_size)(input_ids)
+    x = self.word_embeddings(input_ids)
     if cfg.position_offset:
       # RoBERTa: real tokens are numbered from pad_token_id + 1, padding gets pad_token_id.
       mask = attention_mask.astype(jnp.int32)
       positions = jnp.cumsum(mask, axis=1) * mask + cfg.pad_token_id
     else:
       positions = jnp.arange(input_ids.shape[1])[None, :]
-    x = x + table('position_embeddings', cfg.max_position_embeddings)(positions)
+    x = x + self.position_embeddings(positions)
     if cfg.type_vocab_size:
-      x = x + table('token_type_embeddings', cfg.type_vocab_size)(token_type_ids)
-    x = LayerNorm(cfg.layer_norm_eps, pdtype, name='layer_norm')(x)
-    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+      x = x + self.token_type_embeddings(token_type_ids)
+    if cfg.embedding_norm:
+      x = self.layer_norm(x)
+    x = self.dropout(x, deterministic=deterministic)
     if cfg.embed_size != cfg.hidden_size:
-      x = nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
-                   kernel_init=nn.with_logical_partitioning(_init, ('embed_in', 'embed')),
-                   name='projection')(x)
-    return x.astype(dtype)
+      x = self.projection(x)
+    return x.astype(cfg.compute_dtype)
+
+  def attend(self, x: Array) -> Array:
+    return self.word_embeddings.attend(x)
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a padding mask; Q, K and V in one matmul."""
+  """Multi-head self-attention with a padding (and optionally causal) mask."""
   config: EncoderConfig
   num_heads: int
 
-  @nn.compact
-  def __call__(self, x, bias, deterministic, output_attentions):
+  def _projections(self):
     cfg = self.config
     n, d, hidden = self.num_heads, cfg.head_dim, cfg.hidden_size
-    dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
-    qkv = [Weights((hidden, n, d), ('embed', 'heads', 'kv'), 2, pdtype, name=name)()
-           for name in ('query', 'key', 'value')]
-    out_kernel, out_bias = Weights((n, d, hidden), ('heads', 'kv', 'embed'), 1, pdtype,
-                                   name='out')()
-    if n == 0:  # every head pruned: the block reduces to its output bias
-      return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None
+    qkv = [projection(self, cfg, name, 'bsi,ihd->bshd', (hidden, n, d),
+                      ('embed', 'heads', 'kv')) for name in ('query', 'key', 'value')]
+    # The output stays float32 for the residual add and LayerNorm that follow.
+    out = projection(self, cfg, 'out', 'bhqd,hde->bqe', (n, d, hidden),
+                     ('heads', 'kv', 'embed'), out_dtype=jnp.float32)
+    return qkv, out
 
-    # One matmul for Q, K and V, as a plain 2-D product: kernel [hidden, 3 * heads * d],
-    # output [b, s, 3 * heads * d] -> [b, s, 3, heads, d]. Written with the (3, heads, d)
-    # axes flattened so XLA:CPU cannot reorder them in the backward (it chose to
-    # transpose the cotangent to [b, s, d, heads, 3], a 9 ms copy per layer).
-    kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(hidden, 3 * n * d).astype(dtype)
-    bias3 = jnp.stack([b for _, b in qkv]).reshape(3 * n * d)
-    y = mixed_matmul.einsum('bsi,io->bso', x, kernel, bias=bias3)
-    y = y.reshape(*x.shape[:2], 3, n, d)
-    # -> three [batch, heads, length, d]; split (not indexing) so the backward is one
-    # concatenation instead of three pad-and-add passes.
-    q, k, v = (t[0] for t in jnp.split(y.transpose(2, 0, 3, 1, 4), 3, axis=0))
+  def _fusable(self, qkv) -> bool:
+    cfg = self.config
+    sites = [projections.site_of(self, name) for name in ('query', 'key', 'value')]
+    return (cfg.fuse_qkv and all(type(q) is projections.Dense for q in qkv)  # pylint: disable=unidiomatic-typecheck
+            and len({products.spec_at(cfg.products, s) for s in sites}) == 1)
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False):
+    cfg = self.config
+    n, d = self.num_heads, cfg.head_dim
+    dtype = cfg.compute_dtype
+    qkv, out_proj = self._projections()
+    if n == 0:  # every head pruned: the block reduces to its output bias
+      for p in qkv:
+        p.weights()  # the (empty) parameters keep their place in the tree
+      _, out_bias = out_proj.weights()
+      return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None, None
+
+    if self._fusable(qkv):
+      # One matmul for Q, K and V, as a plain 2-D product: kernel [hidden, 3 * heads * d],
+      # output [b, s, 3 * heads * d] -> [b, s, 3, heads, d]. Written with the (3, heads, d)
+      # axes flattened so XLA:CPU cannot reorder them in the backward (it chose to
+      # transpose the cotangent to [b, s, d, heads, 3], a 9 ms copy per layer).
+      weights = [p.weights() for p in qkv]
+      hidden = cfg.hidden_size
+      kernel = jnp.stack([k for k, _ in weights], axis=1).reshape(hidden, 3 * n * d)
+      bias3 = jnp.stack([b for _, b in weights]).reshape(3 * n * d)
+      product = [p.product() for p in qkv][0]  # one spec for all three sites (_fusable)
+      y = product('bsi,io->bso', x.astype(dtype), kernel.astype(dtype), bias=bias3,
+                  out_dtype=dtype)
+      y = y.reshape(*x.shape[:2], 3, n, d)
+      # -> three [batch, heads, length, d]; split (not indexing) so the backward is one
+      # concatenation instead of three pad-and-add passes.
+      q, k, v = (t[0] for t in jnp.split(y.transpose(2, 0, 3, 1, 4), 3, axis=0))
+    else:
+      q, k, v = (p(x).transpose(0, 2, 1, 3) for p in qkv)
+    site = projections.site_of(self, '')
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
-    scores = mixed_matmul.einsum('bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)
+    scores = products.product_at(cfg.products, site + 'scores')(
+        'bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)
     scores = scores * jnp.float32(d ** -0.5) + bias
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     probs_out = probs if output_attentions else None
     probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
     # directly made XLA:CPU emit it transposed and copy it (2x slower, measured).
-    ctx = mixed_matmul.einsum('bhqk,bhkd->bhqd', probs, v)
-    # The output stays float32 for the residual add and LayerNorm that follow.
-    out = mixed_matmul.einsum('bhqd,hde->bqe', ctx, out_kernel.astype(dtype), bias=out_bias,
-                              out_dtype=jnp.float32)
-    return out, probs_out
+    ctx = products.product_at(cfg.products, site + 'context')('bhqk,bhkd->bhqd', probs, v)
+    return out_proj(ctx), probs_out, ((q, k, v) if output_qkv else None)
 
 
 class Mlp(nn.Module):
@@ -166,52 +224,86 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
     if self.width == 0:  # FFN pruned away entirely: only the output bias remains
       bias = _param(self, 'output_bias', (cfg.hidden_size,), ('embed',),
-                    nn.initializers.zeros, pdtype)
+                    nn.initializers.zeros, cfg.params_dtype)
       return jnp.broadcast_to(bias.astype(jnp.float32), x.shape)
-    w_in, b_in = Weights((cfg.hidden_size, self.width), ('embed', 'mlp'), 1, pdtype,
-                         name='intermediate')()
-    w_out, b_out = Weights((self.width, cfg.hidden_size), ('mlp', 'embed'), 1, pdtype,
-                           name='output')()
     # Bias and activation in float32 (one cast per matmul input); output float32 too.
-    h = mixed_matmul.einsum('bsi,io->bso', x, w_in.astype(dtype), bias=b_in,
-                            out_dtype=jnp.float32)
-    h = activation(cfg.hidden_act)(h).astype(dtype)
-    return mixed_matmul.einsum('bsi,io->bso', h, w_out.astype(dtype), bias=b_out,
-                               out_dtype=jnp.float32)
+    h = projection(self, cfg, 'intermediate', 'bsi,io->bso', (cfg.hidden_size, self.width),
+                   ('embed', 'mlp'), out_dtype=jnp.float32)(x)
+    h = activation(cfg.hidden_act)(h).astype(cfg.compute_dtype)
+    return projection(self, cfg, 'output', 'bsi,io->bso', (self.width, cfg.hidden_size),
+                      ('mlp', 'embed'), out_dtype=jnp.float32)(h)
 
 
 class Layer(nn.Module):
-  """Post-LayerNorm Transformer layer (BERT): x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+  """One parameter set: an attention block and an FFN block, run separately.
+
+  Post-LN (BERT): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+  Pre-LN (GPT-2): x = x + Attn(LN(x)); x = x + FFN(LN(x)).
+  Blocks are separate methods so an application can run one set's attention and
+  another's FFN (`attention_map`, `ffn_map`); a block no application runs creates no
+  parameters.
+  """
   config: EncoderConfig
   num_heads: int
   ffn_width: int
 
-  @nn.compact
-  def __call__(self, x, bias, deterministic, output_attentions):
+  def setup(self):
     cfg = self.config
-    drop = Dropout(cfg.hidden_dropout)
-    attn, probs = Attention(cfg, self.num_heads, name='attention')(
-        x, bias, deterministic, output_attentions)
-    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, name='attention_norm')(
-        x + drop(attn, deterministic=deterministic))
-    y = Mlp(cfg, self.ffn_width, name='mlp')(x)
-    x = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, name='output_norm')(
-        x + drop(y, deterministic=deterministic))
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    return x, probs
+    self.attention = Attention(cfg, self.num_heads)
+    self.attention_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+    self.mlp = Mlp(cfg, self.ffn_width)
+    self.output_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+    self.dropout = Dropout(cfg.hidden_dropout)
+
+  def _residual(self, x, block, norm, deterministic):
+    if self.config.norm_position == 'pre':
+      y, *extra = block(norm(x))
+      return (x.astype(jnp.float32) + self.dropout(y, deterministic=deterministic)
+              ).astype(self.config.compute_dtype), extra
+    y, *extra = block(x)
+    return norm(x + self.dropout(y, deterministic=deterministic)), extra
+
+  def attention_block(self, x, bias, deterministic, output_attentions, output_qkv=False):
+    x, (probs, qkv) = self._residual(
+        x, lambda h: self.attention(h, bias, deterministic, output_attentions, output_qkv),
+        self.attention_norm, deterministic)
+    return x, probs, qkv
+
+  def ffn_block(self, x, deterministic):
+    x, _ = self._residual(x, lambda h: (self.mlp(h),), self.output_norm, deterministic)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+  def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False):
+    x, probs, qkv = self.attention_block(x, bias, deterministic, output_attentions,
+                                         output_qkv)
+    return self.ffn_block(x, deterministic), probs, qkv
 
 
 class Encoder(nn.Module):
   """The encoder. See the module docstring for parameter names and outputs."""
   config: EncoderConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    self.embeddings = Embeddings(cfg)
+    # A set's sizes come from the applications that run its blocks (the config checks
+    # that they agree); a block no application runs never creates its parameters.
+    heads = {cfg.attention_set(i): cfg.heads(i) for i in range(cfg.num_layers)}
+    widths = {cfg.ffn_set(i): cfg.ffn(i) for i in range(cfg.num_layers)}
+    # Named layer_0, layer_1, ...: linen names list entries <attribute>_<index>.
+    self.layer = [Layer(cfg, heads.get(j, 0), widths.get(j, 0))
+                  for j in range(cfg.parameter_sets)]
+    if cfg.norm_position == 'pre':
+      self.final_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+    if cfg.use_pooler:
+      self.pooler = projection(self, cfg, 'pooler', 'bi,io->bo',
+                               (cfg.hidden_size, cfg.hidden_size), ('embed', 'embed_out'))
+
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                token_type_ids: Array | None = None, *, deterministic: bool = True,
-               output_attentions: bool = False):
+               output_attentions: bool = False, output_qkv: bool = False):
     """Encodes a batch of token ids.
 
     Args:
@@ -220,11 +312,14 @@ class Encoder(nn.Module):
       token_type_ids: segment ids; ignored when the model has no token types.
       deterministic: disables dropout when True (evaluation).
       output_attentions: also return every layer's attention probabilities.
+      output_qkv: also return every layer's queries, keys and values.
 
     Returns:
       `(last_hidden_state, intermediates)`: [batch, length, hidden] and a dict with
       'hidden_states' (num_layers + 1 arrays), 'attentions' (num_layers arrays of
-      [batch, heads, length, length], when asked) and 'pooled' (with a pooler).
+      [batch, heads, length, length], when asked), 'queries' / 'keys' / 'values'
+      (num_layers arrays of [batch, heads, length, head_dim], when asked) and
+      'pooled' (with a pooler).
     """
     cfg = self.config
     if input_ids.shape[1] > cfg.max_length:
@@ -235,32 +330,41 @@ class Encoder(nn.Module):
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = Embeddings(cfg, name='embeddings')(input_ids, token_type_ids, attention_mask,
-                                           deterministic)
+    x = self.embeddings(input_ids, token_type_ids, attention_mask, deterministic)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    # Additive mask, [batch, 1, 1, length]: padding keys get a large negative score.
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                     jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    # Additive mask, [batch, 1, q or 1, length]: padding (and future) keys get a large
+    # negative score.
+    keep = attention_mask[:, None, None, :] > 0
+    if cfg.causal:
+      length = input_ids.shape[1]
+      keep = keep & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
-    hidden_states, attentions = [x], []
-    shared = (Layer(cfg, cfg.heads(0), cfg.ffn(0), name='shared_layer')
-              if cfg.share_layers else None)
+    hidden_states, attentions, qkvs = [x], [], []
     for i in range(cfg.num_layers):
-      layer = shared or Layer(cfg, cfg.heads(i), cfg.ffn(i), name=f'layer_{i}')
-      x, probs = layer(x, bias, deterministic, output_attentions)
+      x, probs, qkv = self.layer[cfg.attention_set(i)].attention_block(
+          x, bias, deterministic, output_attentions, output_qkv)
+      x = self.layer[cfg.ffn_set(i)].ffn_block(x, deterministic)
       hidden_states.append(x)
       attentions.append(probs)
+      qkvs.append(qkv)
+    if cfg.norm_position == 'pre':
+      x = self.final_norm(x)
+      hidden_states[-1] = x
 
     intermediates: dict[str, Any] = {'hidden_states': tuple(hidden_states)}
     if output_attentions:
       intermediates['attentions'] = tuple(attentions)
+    if output_qkv:
+      for index, key in enumerate(('queries', 'keys', 'values')):
+        intermediates[key] = tuple(t[index] for t in qkvs)
     if cfg.use_pooler:
-      pooled = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.params_dtype, name='pooler',
-                        kernel_init=nn.with_logical_partitioning(_init, ('embed', 'embed_out')))(
-                            x[:, 0])
-      intermediates['pooled'] = jnp.tanh(pooled)
+      intermediates['pooled'] = jnp.tanh(self.pooler(x[:, 0]))
     return x, intermediates
+
+  def attend(self, x: Array) -> Array:
+    """Logits over the vocabulary, x [..., embed_size] times the word embeddings."""
+    return self.embeddings.attend(x)
 
 
 def mean_pool(hidden: Array, attention_mask: Array) -> Array:

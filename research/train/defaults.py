@@ -7,7 +7,10 @@ import ml_collections
 def trainer_defaults() -> ml_collections.ConfigDict:
   """Every field the trainer reads, with safe defaults."""
   c = ml_collections.ConfigDict()
-  c.model = 'minilm-l6'
+  c.model = 'minilm-l6'       # pre-trained checkpoint: alias, folder or Hub id
+  # Start from a saved run instead ('runs/x:best' or 'runs/x:latest'): its own
+  # architecture, encoder params, tokenizer, and its head when the task matches.
+  c.init_from = ''
   c.task = 'sst2'
   c.data_dir = ''            # local folder in original formats; '' = TFDS
   c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'
@@ -26,6 +29,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.layer_mix = 'top'
   c.pooling = 'cls'
   c.head_hidden = 0
+  c.head_activation = 'tanh'  # of the head's hidden dense: 'tanh' | 'relu' | 'gelu'
   c.dropout = 0.1
   c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
   c.freeze = 'full'
@@ -37,14 +41,17 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   # Distillation from saved runs: comma-separated workdirs whose outputs on the train set
-  # become soft targets, weighted alpha against the labels; '' = off. Teachers' outputs
-  # are cached in cache_dir ('' = the workdir), so other students can reuse them.
+  # become soft targets, weighted alpha against the labels; '' = off. mode 'cached' runs
+  # the teachers once and caches their outputs in cache_dir ('' = the workdir), so other
+  # students reuse them; 'in_step' runs the frozen teachers inside every train step.
   c.distill = ml_collections.ConfigDict({
       'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
-      'cache_dir': ''})
+      'cache_dir': '', 'mode': 'cached'})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
-      'weight_decay': 0.01, 'clip_norm': 1.0, 'accumulate_steps': 1,
+      'weight_decay': 0.01, 'clip_norm': 1.0,
+      # micro-batches of batch_size per update: an update sees batch_size * this rows
+      'accumulate_steps': 1,
       # layer-wise lr decay; 1.0 = off (a float so --config.optimizer.llrd=0.9 works)
       'llrd': 1.0})
   return c

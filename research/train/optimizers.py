@@ -8,7 +8,9 @@
 
 Layer depth (used by LLRD and gradual unfreezing), for an L-layer encoder:
 head, layer_mix and encoder/pooler = 0; ``encoder/layer_i`` = L - i (so the
-top layer is 1); ``encoder/shared_layer`` (ALBERT) = 1; encoder/embeddings = L + 1.
+top layer is 1); encoder/embeddings = L + 1. With cross-layer sharing
+(``attention_map`` / ``ffn_map``, see ``EncoderConfig``) a parameter set is as deep as
+the highest application that runs it: ALBERT's one shared ``layer_0`` has depth 1.
 With LLRD factor ``d`` a parameter's effective learning rate is ``lr * d**depth``.
 
 Example:
@@ -18,7 +20,7 @@ Example:
   >>> updates, state = tx.update(grads, state, params)
 """
 import re
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,39 +64,60 @@ def infer_num_layers(params: Any) -> int:
   return max(indices) + 1
 
 
-def layer_depths(params: Any, num_layers: Optional[int] = None) -> Any:
+_ATTENTION_BLOCK_RE = re.compile(r'/(attention|attention_norm)(/.*)?')
+
+
+def layer_depths(params: Any, num_layers: Optional[int] = None,
+                 attention_map: Optional[Sequence[int]] = None,
+                 ffn_map: Optional[Sequence[int]] = None) -> Any:
   """Returns an int tree of layer depths (see the module docstring).
 
   Args:
     params: params pytree (or updates, possibly with ``optax.MaskedNode``s).
-    num_layers: encoder depth L; inferred from 'layer_i' keys when None.
+    num_layers: encoder depth L (applications); inferred from 'layer_i' keys when
+      None, which needs unshared layers.
+    attention_map, ffn_map: the encoder's sharing maps (None = unshared): which
+      parameter set each application's attention / FFN block runs.
   Returns:
     Same structure with ints in 0..L+1.
   Raises:
     ValueError: a layer index >= num_layers or an unknown 'encoder/...' path.
   """
   if num_layers is None:
+    if attention_map is not None or ffn_map is not None:
+      raise ValueError('layer_depths: give num_layers when layers are shared.')
     num_layers = infer_num_layers(params)
+
+  def last_use(mapping, j):
+    uses = [i for i in range(num_layers) if (i if mapping is None else mapping[i]) == j]
+    return max(uses) if uses else None
 
   def depth(path, _):
     if not path.startswith('encoder/') or path.startswith('encoder/pooler/'):
       return 0
     if path.startswith('encoder/embeddings/'):
       return num_layers + 1
-    if path.startswith('encoder/shared_layer/'):
+    if path.startswith('encoder/final_norm/'):
       return 1
     m = _LAYER_RE.fullmatch(path)
     if m is None:
       raise ValueError(f'layer_depths: no depth rule for parameter {path!r}.')
-    i = int(m.group(1))
-    if i >= num_layers:
-      raise ValueError(f'layer_depths: {path!r} has layer index {i} but '
+    j = int(m.group(1))
+    if j >= num_layers:
+      raise ValueError(f'layer_depths: {path!r} has layer index {j} but '
                        f'num_layers={num_layers}.')
+    attention = bool(_ATTENTION_BLOCK_RE.fullmatch(m.group(2) or ''))
+    i = last_use(attention_map if attention else ffn_map, j)
+    if i is None:
+      raise ValueError(f'layer_depths: {path!r} is parameter set {j}, which no application '
+                       f'of the {num_layers} layers runs.')
     return num_layers - i
   return map_with_path(depth, params)
 
 
-def layerwise_lr_decay(decay: float, num_layers: Optional[int] = None
+def layerwise_lr_decay(decay: float, num_layers: Optional[int] = None,
+                       attention_map: Optional[Sequence[int]] = None,
+                       ffn_map: Optional[Sequence[int]] = None
                        ) -> optax.GradientTransformation:
   """Scales each update by ``decay ** depth`` (stateless; place after the lr).
 
@@ -105,6 +128,7 @@ def layerwise_lr_decay(decay: float, num_layers: Optional[int] = None
     decay: factor in (0, 1]; the head keeps lr, embeddings get
       ``lr * decay**(L+1)``.
     num_layers: encoder depth L (inferred from the params when None).
+    attention_map, ffn_map: sharing maps (see :func:`layer_depths`).
   Returns:
     An optax GradientTransformation with ``EmptyState``.
 
@@ -112,7 +136,7 @@ def layerwise_lr_decay(decay: float, num_layers: Optional[int] = None
   """
   def update(updates, state, params=None):
     del params
-    depths = layer_depths(updates, num_layers)
+    depths = layer_depths(updates, num_layers, attention_map, ffn_map)
     scaled = jax.tree.map(lambda u, d: u * jnp.asarray(decay ** d, u.dtype),
                           updates, depths)
     return scaled, state
@@ -142,7 +166,9 @@ class GradualUnfreezingState(NamedTuple):
   count: jax.Array  # number of updates applied so far
 
 
-def gradual_unfreezing(every_n_steps: int, num_layers: Optional[int] = None
+def gradual_unfreezing(every_n_steps: int, num_layers: Optional[int] = None,
+                       attention_map: Optional[Sequence[int]] = None,
+                       ffn_map: Optional[Sequence[int]] = None
                        ) -> optax.GradientTransformation:
   """ULMFiT gradual unfreezing: depth ``d`` is trained from step ``d * N`` on.
 
@@ -158,6 +184,7 @@ def gradual_unfreezing(every_n_steps: int, num_layers: Optional[int] = None
   Args:
     every_n_steps: N >= 1 updates between unfreezing consecutive groups.
     num_layers: encoder depth L (inferred from the params when None).
+    attention_map, ffn_map: sharing maps (see :func:`layer_depths`).
   Returns:
     An optax GradientTransformation with state :class:`GradualUnfreezingState`.
   """
@@ -170,7 +197,7 @@ def gradual_unfreezing(every_n_steps: int, num_layers: Optional[int] = None
 
   def update(updates, state, params=None):
     del params
-    depths = layer_depths(updates, num_layers)
+    depths = layer_depths(updates, num_layers, attention_map, ffn_map)
     stage = state.count // every_n_steps
     gated = jax.tree.map(lambda u, d: jnp.where(d <= stage, u, jnp.zeros_like(u)),
                          updates, depths)
@@ -182,8 +209,8 @@ _REQUIRED = ('learning_rate', 'total_steps')
 _DEFAULTS = dict(
     name='adamw', warmup_steps=None, warmup_ratio=None, schedule='linear',
     end_learning_rate=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=None,
-    clip_norm=1.0, accumulate_steps=1, llrd=None, num_layers=None,
-    decay_embeddings=True, unfreeze_every=None)
+    clip_norm=1.0, accumulate_steps=1, llrd=None, num_layers=None, attention_map=None,
+    ffn_map=None, decay_embeddings=True, unfreeze_every=None)
 
 
 def _check(ok: bool, field: str, value: Any, want: str) -> None:
@@ -257,8 +284,10 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
       'lamb'), warmup_steps or warmup_ratio (0), schedule ('linear' | 'cosine'
       | 'constant'), end_learning_rate (0.0), weight_decay (0.01), b1 (0.9),
       b2 (0.999), eps (1e-8 AdamW / 1e-6 LAMB), clip_norm (1.0; None = off),
-      accumulate_steps (1), llrd (None or decay in (0, 1]; 1.0 = off), num_layers (None =
-      inferred), decay_embeddings (True), unfreeze_every (None or N steps).
+      accumulate_steps (1; optax.MultiSteps for callers that feed micro-batches; the
+      trainer accumulates inside its step instead), llrd (None or decay in (0, 1];
+      1.0 = off), num_layers (None = inferred), attention_map / ffn_map (sharing maps,
+      None = unshared), decay_embeddings (True), unfreeze_every (None or N steps).
   Returns:
     An optax GradientTransformation; call ``update(grads, state, params)``.
   Raises:
@@ -275,10 +304,11 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     parts.append(clip_by_global_norm(cfg['clip_norm']))
   parts.append(base(schedule, b1=cfg['b1'], b2=cfg['b2'], eps=cfg['eps'],
                     weight_decay=cfg['weight_decay'], mask=mask))
+  maps = cfg['num_layers'], cfg['attention_map'], cfg['ffn_map']
   if cfg['llrd'] is not None and cfg['llrd'] != 1.0:  # 1.0 = no decay
-    parts.append(layerwise_lr_decay(cfg['llrd'], cfg['num_layers']))
+    parts.append(layerwise_lr_decay(cfg['llrd'], *maps))
   if cfg['unfreeze_every'] is not None:
-    parts.append(gradual_unfreezing(cfg['unfreeze_every'], cfg['num_layers']))
+    parts.append(gradual_unfreezing(cfg['unfreeze_every'], *maps))
   tx = optax.chain(*parts)
   if cfg['accumulate_steps'] > 1:
     tx = optax.MultiSteps(tx, cfg['accumulate_steps']).gradient_transformation()

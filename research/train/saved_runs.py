@@ -1,28 +1,48 @@
-"""Finished (or running) training runs as usable models: config, task model and params.
+"""Run folders as the unit of composition: each holds its own architecture beside its params.
+
+A run folder (the trainer's workdir, or one written by `write_run`) holds
+
+  config.json     the trainer config it was started with
+  model.json      the task model's architecture: encoder config (per-layer widths,
+                  sharing maps, projection and product rules included), objective and
+                  layer mix, so the model is rebuilt without the pre-trained checkpoint
+  tokenizer/      the tokenizer files (a run is usable without its source checkpoint)
+  checkpoints/    the latest train states; best/ the params of the best evaluation
 
     run = load_run('runs/sst2_a', which='latest')
     probs = run_outputs(run, features)        # [n, classes] probabilities
+    write_run('runs/pruned', run.model.replace(...), new_params, config=run.config)
 
-Used by `experiments/evaluate.py` (re-scoring, ensembles) and by the trainer to turn
-saved runs into distillation teachers. Nothing here writes to a workdir.
+`--config.init_from=runs/x:best` (or ':latest') starts a new run from a saved one,
+whatever its architecture (`init_params`). Nothing here writes to a run folder except
+`write_model`, `save_tokenizer` and `write_run`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from research.checkpoints import hub
+from research import objectives
+from research.checkpoints import hf_heads, hub, load_tokenizer
 from research.checkpoints.hf_load import read_config
 from research.data import tasks
-from research.models.heads import TaskModel, predictions
-from research.train import evaluation
+from research.models.config import EncoderConfig
+from research.models.heads import TaskModel
+from research.train import build, evaluation
+from research.train.checkpointing import Checkpoints
+
+MODEL_FILE = 'model.json'
+TOKENIZER_DIR = 'tokenizer'
+WHICH = ('best', 'latest')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +54,85 @@ class SavedRun:
   model: TaskModel
   params: Any
   step: int
+
+  @property
+  def objective(self):
+    return self.model.objective
+
+
+# -- architecture and tokenizer ----------------------------------------------------
+
+def model_from_dict(values: dict) -> TaskModel:
+  """A TaskModel from `TaskModel.to_dict()` data (model.json)."""
+  try:
+    return TaskModel(EncoderConfig.from_dict(values['encoder']),
+                     objectives.from_dict(values['objective']), values.get('layer_mix', 'top'))
+  except (KeyError, TypeError) as e:
+    raise ValueError(f'Malformed model description ({type(e).__name__}: {e}); expected '
+                     "keys 'encoder', 'objective', 'layer_mix'") from e
+
+
+def write_model(workdir: str, model: TaskModel) -> str:
+  """Writes model.json (whole, then renamed); refuses to overwrite another architecture."""
+  path = os.path.join(workdir, MODEL_FILE)
+  text = json.dumps(model.to_dict(), indent=2, sort_keys=True) + '\n'
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) != json.loads(text):
+        raise ValueError(f'{path} describes another architecture than this run builds; '
+                         'use a fresh workdir (a run folder holds one model)')
+    return path
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def read_model(workdir: str) -> TaskModel | None:
+  """The run's TaskModel from its model.json, or None for runs that predate it."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON: {e}') from e
+  try:
+    return model_from_dict(values)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from e
+
+
+def save_tokenizer(workdir: str, tokenizer) -> None:
+  """Keeps the run's tokenizer files in `workdir/tokenizer` (once)."""
+  folder = os.path.join(workdir, TOKENIZER_DIR)
+  if not os.path.isdir(folder):
+    tokenizer.save_pretrained(folder + '.tmp')
+    os.replace(folder + '.tmp', folder)
+
+
+def run_tokenizer(workdir: str, config=None):
+  """The run's own tokenizer, else the one of the checkpoint its config names."""
+  folder = os.path.join(workdir, TOKENIZER_DIR)
+  if os.path.isdir(folder):
+    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+    return AutoTokenizer.from_pretrained(folder, use_fast=True)
+  config = config if config is not None else run_config(workdir)
+  return load_tokenizer(config.model)
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+def parse_ref(ref: str, default: str = 'best') -> tuple[str, str]:
+  """'runs/x:best' -> ('/abs/runs/x', 'best'); a bare folder takes `default`."""
+  folder, sep, which = ref.rpartition(':')
+  if not sep or which not in WHICH:
+    folder, which = ref, default
+  if which not in WHICH:
+    raise ValueError(f'Run reference {ref!r}: checkpoint must be one of {WHICH}')
+  return os.path.abspath(folder), which
 
 
 def run_config(workdir: str, fallback=None) -> ml_collections.ConfigDict:
@@ -49,7 +148,7 @@ def run_config(workdir: str, fallback=None) -> ml_collections.ConfigDict:
 
 
 def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
-  if which not in ('best', 'latest'):
+  if which not in WHICH:
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   folder = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
   if not os.path.isdir(folder):
@@ -88,28 +187,90 @@ def restore_params(workdir: str, which: str = 'best') -> tuple[Any, int]:
   return state, step
 
 
+# -- runs as models ------------------------------------------------------------------
+
 def load_run(workdir: str, which: str = 'best', fallback_config=None) -> SavedRun:
   """Rebuilds a run's task model and restores its params (no pre-trained weights read).
 
   Args:
-    workdir: the run folder (with `config.json`, `checkpoints/`, `best/`).
+    workdir: the run folder.
     which: 'best' (highest dev score) or 'latest' (the newest train state).
     fallback_config: the config to use when the folder has no `config.json`.
 
   Returns:
-    A `SavedRun`.
+    A `SavedRun`. The architecture comes from model.json; runs written before it
+    existed are rebuilt from their config and the source checkpoint's config.json.
   """
-  # Imported here: the trainer imports this module (teachers), and build_model lives there.
-  from research.train.trainer import build_model  # pylint: disable=g-import-not-at-top
   config = run_config(workdir, fallback_config)
   spec = tasks.get_task(config.task)
   params, step = restore_params(workdir, which)
-  # The architecture comes from the checkpoint's config.json; whether it has a pooler
-  # comes from the saved params themselves, so the pre-trained weights are not read.
-  encoder_config, _ = read_config(hub.resolve(config.model), dtype=config.dtype)
-  encoder_config = encoder_config.replace(use_pooler='pooler' in params['encoder'])
-  return SavedRun(os.path.abspath(workdir), config, spec,
-                  build_model(config, spec, encoder_config), params, step)
+  model = read_model(workdir)
+  if model is None:
+    logging.info('%s has no %s: rebuilding its architecture from %s', workdir, MODEL_FILE,
+                 config.model)
+    encoder_config, _ = read_config(hub.resolve(config.model), dtype=config.dtype)
+    encoder_config = encoder_config.replace(use_pooler='pooler' in params['encoder'])
+    model = build.build_model(config, spec, encoder_config)
+  return SavedRun(os.path.abspath(workdir), config, spec, model, params, step)
+
+
+def write_run(workdir: str, model: TaskModel, params: Any, *, config=None, tokenizer=None,
+              step: int = 0, info: dict | None = None) -> str:
+  """Writes a run folder from a model and its params (a transform's output).
+
+  The params become both the best and the latest checkpoint, so
+  `init_from=<workdir>:best` and `load_run` work as for a trained run.
+  """
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(os.path.join(workdir, 'checkpoints')):
+    raise FileExistsError(f'{workdir} already holds checkpoints; write to a new folder')
+  os.makedirs(workdir, exist_ok=True)
+  write_model(workdir, model)
+  if config is not None:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  if tokenizer is not None:
+    save_tokenizer(workdir, tokenizer)
+  params = jax.tree.map(np.asarray, params)
+  ckpt = Checkpoints(workdir, keep=1, async_save=False)
+  try:
+    ckpt.save(step, {'step': np.asarray(step, np.int32), 'params': params},
+              {'written_by': 'write_run', **(info or {})})
+    ckpt.save_best(step, params, 0.0, {'step': step, **(info or {})})
+  finally:
+    ckpt.close()
+  return workdir
+
+
+def init_params(ref: str, model: TaskModel, fresh: Any) -> tuple[Any, list[str]]:
+  """Params for `model` taken from the saved run `ref`, the rest from `fresh`.
+
+  The encoder must match the run's exactly (it is the run's own architecture); the
+  layer mix and head are taken when their shapes match (same task and labels), else
+  kept fresh. Returns (params, names of the top-level parts kept fresh).
+  """
+  folder, which = parse_ref(ref)
+  saved, _ = restore_params(folder, which)
+  expected = flax.traverse_util.flatten_dict(fresh['encoder'], sep='/')
+  got = flax.traverse_util.flatten_dict(saved['encoder'], sep='/')
+  problems = sorted(set(expected) ^ set(got)) or [
+      f'{k}: run {np.shape(got[k])}, model {np.shape(v)}' for k, v in expected.items()
+      if np.shape(got[k]) != np.shape(v)]
+  if problems:
+    raise ValueError(f'{folder} ({which}) does not match the encoder built from its '
+                     f'{MODEL_FILE}: {problems[:10]}')
+  params, fresh_parts = {'encoder': saved['encoder']}, []
+  for part, value in fresh.items():
+    if part == 'encoder':
+      continue
+    if part in saved and (jax.tree.structure(saved[part]) == jax.tree.structure(value)
+                          and all(np.shape(a) == np.shape(b) for a, b in
+                                  zip(jax.tree.leaves(saved[part]), jax.tree.leaves(value)))):
+      params[part] = saved[part]
+    else:
+      params[part] = value
+      fresh_parts.append(part)
+  return params, fresh_parts
 
 
 def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
@@ -119,22 +280,38 @@ def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
   Batching defaults to the run's own config; pass the features' `max_length` and
   `pad_multiple` when they were encoded under another config (a student's).
 
-  Returns class probabilities [n, classes] for classification and scores [n] for
-  regression (both numpy, so runs can be averaged); tagging and span runs return what
-  their scorer takes (a list of per-feature tag ids or start/end logits).
+  Returns, for objectives that support ensembles, their averageable outputs stacked
+  (class probabilities [n, classes], scores [n]) so runs can be averaged; otherwise
+  what the scorer takes (a list of per-feature tag ids or start/end logits).
   """
-  kind = run.spec.kind
+  objective = run.objective
 
   @jax.jit
   def forward(batch):
-    logits = run.model.apply({'params': run.params}, batch['input_ids'],
-                             batch['attention_mask'], batch.get('token_type_ids'),
-                             deterministic=True)[0]
-    if kind == 'classification':
-      return jax.nn.softmax(logits, -1)
-    return logits if kind == 'regression' else predictions(kind, logits)
+    outputs = run.model.apply({'params': run.params}, batch['input_ids'],
+                              batch['attention_mask'], batch.get('token_type_ids'),
+                              deterministic=True)[0]
+    if objective.supports_ensemble:
+      return objective.averageable(outputs)
+    return objective.predict(outputs)
 
   out = evaluation.gather_predictions(
       forward, features, batch_size or run.config.eval_batch_size,
       max_length or run.config.max_length, pad_multiple or run.config.pad_multiple)
-  return np.stack(out) if kind in ('classification', 'regression') else out
+  return np.stack(out) if objective.supports_ensemble else out
+
+
+def export_run(workdir: str, folder: str, which: str = 'best', pad: bool = True) -> str:
+  """Writes a run as a Hugging Face folder (model with its task head, tokenizer).
+
+  Pruned heads and FFN units are padded back with zeros (same outputs; see
+  `hf_export.pad_pruned`), or with `pad=False` written as `pruned_heads` (transformers
+  < 5). What transformers cannot express (per-layer FFN widths without padding,
+  cross-layer sharing outside ALBERT, a head on a layer mix or another pooling than the
+  family's) is a ValueError naming why.
+  """
+  run = load_run(workdir, which)
+  tokenizer = os.path.join(run.workdir, TOKENIZER_DIR)
+  hf_heads.export_task_model(run.model, run.params, folder, run.spec.label_names or None,
+                             tokenizer if os.path.isdir(tokenizer) else run.config.model, pad)
+  return folder

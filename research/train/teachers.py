@@ -1,12 +1,15 @@
 """Saved runs as distillation teachers: their outputs on a student's train features.
 
-    targets = soft_targets(config, spec, tokenizer, train_features, workdir)
+    targets = soft_targets(config, spec, objective, tokenizer, train_features, workdir)
+    models, params = in_step_teachers(config, spec, objective, tokenizer)  # in the step
 
 Each teacher is rebuilt from its workdir (`config.json` + checkpoint, see `saved_runs`)
 and run once, without dropout, on the student's own features, so teachers must share the
-student's task and tokenizer. Running a frozen teacher inside every step would give the
-same numbers at several times the cost, since nothing about an example changes between
-epochs. Each teacher's raw outputs are cached under `config.distill.cache_dir` (default:
+student's task and tokenizer. Without augmentation, running a frozen teacher inside
+every step gives the same numbers at several times the cost, since nothing about an
+example changes between epochs; `in_step_teachers` loads them for the step instead
+(`config.distill.mode='in_step'`), which distillation of intermediates needs. Each
+teacher's raw outputs are cached under `config.distill.cache_dir` (default:
 the student's workdir) by a key of the teacher's folder, checkpoint step and the
 features' token ids, so a resumed run, or a second student with another temperature or
 alpha, does not run the teachers again.
@@ -23,7 +26,6 @@ import zipfile
 import jax
 import numpy as np
 
-from research.checkpoints import load_tokenizer
 from research.data import tasks
 from research.train import saved_runs
 from research.transforms import distill
@@ -58,15 +60,8 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
           return saved['outputs']
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
       logging.warning('Ignoring unreadable teacher cache %s (%s); running the teacher', path, e)
-  run = saved_runs.load_run(folder, which)
+  run = load_teacher(folder, which, spec, tokenizer)
   key, path = cache_entry(run.step)  # the teacher may have saved a newer step meanwhile
-  if run.spec.name != spec.name:
-    raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student on '
-                     f'{spec.name}')
-  if (run.config.model != config.model
-      and load_tokenizer(run.config.model).get_vocab() != tokenizer.get_vocab()):
-    raise ValueError(f'Teacher {folder} ({run.config.model}) uses another tokenizer than '
-                     f'the student ({config.model}); they must share one')
   t0 = time.perf_counter()
   outputs = saved_runs.run_outputs(run, features, config.eval_batch_size, config.max_length,
                                    config.pad_multiple)
@@ -80,7 +75,30 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
   return outputs
 
 
-def soft_targets(config, spec: tasks.TaskSpec, tokenizer, features: list,
+def teacher_folders(config) -> list[str]:
+  """The absolute folders named by `config.distill.teachers` (comma-separated)."""
+  return [os.path.abspath(w.strip()) for w in config.distill.teachers.split(',') if w.strip()]
+
+
+def load_teacher(folder: str, which: str, spec: tasks.TaskSpec, tokenizer) -> saved_runs.SavedRun:
+  """A saved run as a teacher, checked to share the student's task and tokenizer."""
+  run = saved_runs.load_run(folder, which)
+  if run.spec.name != spec.name:
+    raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student on '
+                     f'{spec.name}')
+  if saved_runs.run_tokenizer(folder, run.config).get_vocab() != tokenizer.get_vocab():
+    raise ValueError(f'Teacher {folder} ({run.config.model}) uses another tokenizer than '
+                     'the student; they must share one')
+  return run
+
+
+def check_objective(objective, spec: tasks.TaskSpec) -> None:
+  if not objective.supports_ensemble:
+    raise ValueError(f'config.distill supports tasks whose outputs can be averaged '
+                     f'(classification, regression); {spec.name} is {spec.kind}')
+
+
+def soft_targets(config, spec: tasks.TaskSpec, objective, tokenizer, features: list,
                  workdir: str) -> np.ndarray:
   """The ensemble target of `config.distill.teachers` for each of `features`.
 
@@ -88,12 +106,18 @@ def soft_targets(config, spec: tasks.TaskSpec, tokenizer, features: list,
   (regression); see `research.transforms.distill.teacher_targets`.
   """
   cfg = config.distill
-  if spec.kind not in distill.KINDS:
-    raise ValueError(f'config.distill supports {distill.KINDS} tasks; {spec.name} is '
-                     f'{spec.kind}')
-  folders = [os.path.abspath(w.strip()) for w in cfg.teachers.split(',') if w.strip()]
+  check_objective(objective, spec)
   cache_dir = cfg.get('cache_dir') or workdir
   digest = features_digest(features)
   outputs = [teacher_outputs(folder, cfg.checkpoint, features, config, spec, tokenizer,
-                             cache_dir, digest) for folder in folders]
-  return distill.teacher_targets(outputs, spec.kind, cfg.temperature)
+                             cache_dir, digest) for folder in teacher_folders(config)]
+  return distill.teacher_targets(outputs, objective, cfg.temperature)
+
+
+def in_step_teachers(config, spec: tasks.TaskSpec, objective, tokenizer
+                     ) -> tuple[tuple, tuple]:
+  """(models, params) of `config.distill.teachers`, to run frozen inside the step."""
+  check_objective(objective, spec)
+  runs = [load_teacher(folder, config.distill.checkpoint, spec, tokenizer)
+          for folder in teacher_folders(config)]
+  return tuple(r.model for r in runs), tuple(r.params for r in runs)

@@ -2,14 +2,20 @@
 
     result = train_and_evaluate(config, workdir)
 
-Reads top to bottom: config checks, data, model, mesh and shardings, optimizer
-(with freezing), resume, the jitted steps, then the loop (log, evaluate, checkpoint).
+Reads top to bottom: config checks, the model's source (a pre-trained checkpoint, or a
+saved run with `config.init_from`), data, model, mesh and shardings, optimizer (with
+freezing), resume, the jitted step (`research/train/step.py`), then the loop (log,
+evaluate, checkpoint). The workdir is a run folder (`saved_runs`): config.json,
+model.json (the architecture), tokenizer/, checkpoints/ and best/.
+
 A run killed at any point restarts from the workdir's latest checkpoint (params,
 optimizer state, RNG and the data iterator's position), so a resumed run ends with
-the same params as an uninterrupted one. A non-finite loss stops the run before
-anything is saved, leaving the last good checkpoint untouched. With
-`config.distill.teachers`, saved runs' outputs join the labels as soft targets
-(`research/train/teachers.py`); the log then splits the loss into task and distill parts.
+the same params as an uninterrupted one. Losses stay on the device between log,
+evaluation and checkpoint steps (no per-step host sync); at each of those the pending
+losses are checked, and a non-finite one stops the run before anything is evaluated or
+saved, leaving the last good checkpoint untouched. With `config.distill.teachers`,
+saved runs teach the student: their cached outputs as soft targets, or the frozen
+teachers run inside the step (`distill.mode='in_step'`).
 """
 from __future__ import annotations
 
@@ -24,20 +30,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from research.checkpoints import load_pretrained, load_tokenizer
 from research.data import tasks
 from research.data.batching import BatchIterator
-from research.data.sources import load_examples
-from research.data.tokenize import encode
-from research.models.heads import TaskModel, loss_fn, predictions
-from research.train import averaging, evaluation, sharding
+from research.train import averaging, evaluation, saved_runs, sharding
 from research.train import teachers as teachers_lib
+from research.train.build import build_model, load_split
 from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
+from research.train.step import TaskLoss, init_state, make_train_step
 from research.transforms import distill, freeze
+
+DISTILL_MODES = ('cached', 'in_step')
 
 
 def check_config(config) -> None:
@@ -54,6 +60,9 @@ def check_config(config) -> None:
   if config.optimizer.learning_rate < 0:
     raise ValueError(f'config.optimizer.learning_rate must be >= 0, got '
                      f'{config.optimizer.learning_rate}')
+  accumulate = config.optimizer.get('accumulate_steps', 1)
+  if not isinstance(accumulate, int) or accumulate < 1:
+    raise ValueError(f'config.optimizer.accumulate_steps must be an int >= 1, got {accumulate}')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
   if config.keep_checkpoints < 1:
@@ -65,13 +74,12 @@ def check_config(config) -> None:
     if distill_config.temperature <= 0:
       raise ValueError(f'config.distill.temperature must be positive, got '
                        f'{distill_config.temperature}')
-    if distill_config.checkpoint not in ('best', 'latest'):
+    if distill_config.checkpoint not in saved_runs.WHICH:
       raise ValueError("config.distill.checkpoint must be 'best' or 'latest', got "
                        f'{distill_config.checkpoint!r}')
-
-
-def _slice(examples: list, n: int) -> list:
-  return examples[:n] if n else examples
+    if distill_config.get('mode', 'cached') not in DISTILL_MODES:
+      raise ValueError(f'config.distill.mode must be one of {DISTILL_MODES}, got '
+                       f'{distill_config.mode!r}')
 
 
 def save_config(config, workdir: str) -> str:
@@ -97,63 +105,99 @@ def save_config(config, workdir: str) -> str:
   return path
 
 
-def build_model(config, spec: tasks.TaskSpec, encoder_config) -> TaskModel:
-  """The task model a config describes (encoder + layer mix + head)."""
-  num_labels = max(len(spec.label_names), 2) if spec.kind != 'regression' else 1
-  return TaskModel(encoder_config, spec.kind, num_labels, layer_mix=config.layer_mix,
-                   pooling=config.pooling, head_hidden=config.head_hidden,
-                   head_dropout=config.dropout)
+def load_source(config) -> tuple[Any, Any, Any]:
+  """(tokenizer, encoder config, encoder params or None) the run starts from.
+
+  A pre-trained checkpoint (`config.model`) gives its encoder params; a saved run
+  (`config.init_from`) gives its own architecture, and its params are restored later
+  (`saved_runs.init_params`), head included when it fits. The run config's dtype and
+  dropout apply either way.
+  """
+  overrides = dict(dtype=config.dtype, hidden_dropout=config.dropout,
+                   attention_dropout=config.dropout)
+  if config.get('init_from'):
+    folder, which = saved_runs.parse_ref(config.init_from)
+    model = saved_runs.read_model(folder)
+    if model is None:
+      raise FileNotFoundError(f'config.init_from={config.init_from!r}: {folder} has no '
+                              f'{saved_runs.MODEL_FILE}, so its architecture is unknown')
+    saved_runs.checkpoint_step(folder, which)  # fails now, naming the folder, if absent
+    logging.info('Starting from run %s (%s checkpoint); config.model=%s is not read',
+                 folder, which, config.model)
+    return (saved_runs.run_tokenizer(folder), model.encoder.replace(**overrides), None)
+  encoder_config, params = load_pretrained(config.model, **overrides)
+  return load_tokenizer(config.model), encoder_config, params
 
 
-def load_split(config, spec: tasks.TaskSpec, tokenizer, split: str, limit: int = 0,
-               training: bool = False) -> tuple[list, list]:
-  """(examples, encoded features) of one split; the first `limit` examples if > 0."""
-  examples = _slice(load_examples(spec, split, config.data_dir or None, config.data_source),
-                    limit)
-  features = encode(spec, examples, tokenizer, config.max_length, config.doc_stride,
-                    training=training).features
-  return examples, features
+class _Pending:
+  """Device losses since the last check: finiteness is read only where it matters."""
+
+  def __init__(self):
+    self.losses: list[tuple[int, jax.Array]] = []
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self.losses.append((step, loss))
+
+  def check(self, last_good: int | None, workdir: str) -> None:
+    if not self.losses:
+      return
+    values = np.asarray(jnp.stack([loss for _, loss in self.losses]))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      step, value = self.losses[bad[0]][0], values[bad[0]]
+      raise FloatingPointError(
+          f'Loss is {value} at step {step}; stopping without saving. The last good '
+          f'checkpoint (step {last_good}) in {workdir} is untouched: lower the '
+          'learning rate or enable gradient clipping, then rerun to resume from it.')
+    self.losses.clear()
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Fine-tunes `config.model` on `config.task`; returns the final and best metrics."""
+  """Fine-tunes `config.model` (or `config.init_from`) on `config.task`; returns metrics."""
   check_config(config)
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   spec = tasks.get_task(config.task)
   if jax.process_index() == 0:
     save_config(config, workdir)
+  tokenizer, encoder_config, encoder_params = load_source(config)
+  if config.max_length > encoder_config.max_length:
+    raise ValueError(f'config.max_length={config.max_length} exceeds the position table of '
+                     f'the model ({encoder_config.max_length} positions)')
+  model = build_model(config, spec, encoder_config)
+  objective = model.objective
+  if jax.process_index() == 0:  # the run folder holds its architecture and tokenizer
+    saved_runs.write_model(workdir, model)
+    saved_runs.save_tokenizer(workdir, tokenizer)
 
   # -- Data ------------------------------------------------------------------------
-  tokenizer = load_tokenizer(config.model)
+  accumulate = config.optimizer.get('accumulate_steps', 1)
   train_examples, train_features = load_split(config, spec, tokenizer, config.train_split,
                                               config.train_examples, training=True)
   eval_examples, eval_features = load_split(config, spec, tokenizer, config.eval_split,
                                             config.eval_examples)
+  # One batch per optimizer update: accumulate_steps micro-batches of batch_size.
   train_iter = BatchIterator(
-      train_features, config.batch_size, max_length=config.max_length,
+      train_features, config.batch_size * accumulate, max_length=config.max_length,
       pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
       bucket_batches=config.bucket_batches, drop_remainder=True, num_epochs=None,
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_id=tokenizer.pad_token_id or 0)
   steps_per_epoch = len(train_iter)
   distill_config = config.get('distill')
-  teachers = distill_config.teachers if distill_config else ''
+  distilling = bool(distill_config and distill_config.teachers)
+  in_step = distilling and distill_config.get('mode', 'cached') == 'in_step'
   # [train features, ...] soft targets, looked up by each batch's feature indices.
-  targets = (teachers_lib.soft_targets(config, spec, tokenizer, train_features, workdir)
-             if teachers else None)
+  targets = (teachers_lib.soft_targets(config, spec, objective, tokenizer, train_features,
+                                       workdir) if distilling and not in_step else None)
+  teacher_models, teacher_params = (
+      teachers_lib.in_step_teachers(config, spec, objective, tokenizer) if in_step else ((), ()))
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-  logging.info('%s: %d train / %d eval examples, %d steps (%d per epoch)', spec.name,
-               len(train_examples), len(eval_examples), total_steps, steps_per_epoch)
+  logging.info('%s: %d train / %d eval examples, %d updates (%d per epoch) of %d x %d',
+               spec.name, len(train_examples), len(eval_examples), total_steps,
+               steps_per_epoch, accumulate, config.batch_size)
 
   # -- Model -----------------------------------------------------------------------
-  encoder_config, encoder_params = load_pretrained(
-      config.model, dtype=config.dtype, hidden_dropout=config.dropout,
-      attention_dropout=config.dropout)
-  if config.max_length > encoder_config.max_length:
-    raise ValueError(f'config.max_length={config.max_length} exceeds the position table of '
-                     f'{config.model} ({encoder_config.max_length} positions)')
-  model = build_model(config, spec, encoder_config)
   rng = jax.random.PRNGKey(config.seed)
   dummy = jnp.zeros((1, 8), jnp.int32)
   init = functools.partial(model.init, input_ids=dummy, attention_mask=jnp.ones_like(dummy))
@@ -162,34 +206,39 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   # -- Mesh and shardings -------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   shardings = sharding.param_shardings(boxed, mesh)
-  # Only the head and mix are initialised here: dropping the encoder from the jitted
-  # init's outputs lets XLA skip its random init (no second copy of a large model).
-  head_shardings = {k: v for k, v in shardings.items() if k != 'encoder'}
+  # From a checkpoint only the head and mix are initialised: dropping the encoder from
+  # the jitted init's outputs lets XLA skip its random init (no second copy of a large
+  # model). From a run everything is initialised (abstractly) and then restored.
+  keep = lambda name: config.get('init_from') or name != 'encoder'
   with mesh:
     params = jax.jit(lambda r: {k: v for k, v in nn.meta.unbox(init(r)['params']).items()
-                                if k != 'encoder'}, out_shardings=head_shardings)(rng)
+                                if keep(k)},
+                     out_shardings={k: v for k, v in shardings.items() if keep(k)})(rng)
   params = dict(params)
-  params['encoder'] = jax.device_put(encoder_params, shardings['encoder'])
+  if config.get('init_from'):
+    params, fresh = saved_runs.init_params(config.init_from, model, params)
+    if fresh:
+      logging.info('Not in %s (other task or labels), initialised fresh: %s',
+                   config.init_from, fresh)
+    params = jax.device_put(params, shardings)
+  else:
+    params['encoder'] = jax.device_put(encoder_params, shardings['encoder'])
 
   # -- Optimizer (freezing by optax partition: frozen params hold no state) ---------
-  opt_config = {**config.optimizer.to_dict(), 'total_steps': total_steps}
+  opt_config = {k: v for k, v in config.optimizer.to_dict().items() if k != 'accumulate_steps'}
+  opt_config.update(total_steps=total_steps, num_layers=encoder_config.num_layers,
+                    attention_map=encoder_config.attention_map, ffn_map=encoder_config.ffn_map)
   rules = freeze.preset(config.freeze)
   tx = freeze.with_freezing(make_optimizer(opt_config), params, rules)
   schedule = schedule_from_config(opt_config)
   trainable, total = freeze.count_trainable(params, rules)
-  # A wholly frozen encoder (feature extraction) is cut out of the backward pass, so
-  # XLA skips its gradients instead of computing and then discarding them.
   labels = freeze.freeze_labels(params, rules)
-  encoder_frozen = all(label == 'freeze' for label in jax.tree.leaves(labels['encoder']))
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(config.seed + 1)}
-  ema_decay = config.ema_decay
-  if ema_decay:  # evaluation, best checkpoint and the returned params use the average
-    state['ema'] = jax.jit(averaging.init)(params)
+  state = init_state(params, tx, config.seed + 1, config.ema_decay)
   # Pin every leaf to a sharding on the mesh and make the step return the same ones:
   # otherwise step 2 sees differently placed inputs than step 1 and compiles again.
   state_shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
   state = jax.device_put(state, state_shardings)
+  teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
 
   # -- Resume: the workdir's latest checkpoint wins ---------------------------------
   ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -201,54 +250,28 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     logging.info('Resumed from step %d in %s', int(state['step']), workdir)
 
   # -- Steps --------------------------------------------------------------------------
-  def forward(params, batch, train, rng=None):
-    return model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
-                       batch.get('token_type_ids'), deterministic=not train,
-                       rngs={'dropout': rng} if train else None)[0]
-
-  @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_shardings, None))
-  def train_step(state, batch):
-    step_rng = jax.random.fold_in(state['rng'], state['step'])
-
-    def loss(params):
-      if encoder_frozen:
-        params = {**params, 'encoder': jax.lax.stop_gradient(params['encoder'])}
-      logits = forward(params, batch, True, step_rng)
-      value = loss_fn(spec.kind, logits, batch)[0]
-      if targets is None:
-        return value, {}
-      soft = distill.soft_loss(spec.kind, logits, batch['teacher'], batch['weights'],
-                               distill_config.temperature)
-      mixed = (1 - distill_config.alpha) * value + distill_config.alpha * soft
-      return mixed, {'task_loss': value, 'distill_loss': soft}
-
-    (value, parts), grads = jax.value_and_grad(loss, has_aux=True)(state['params'])
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    # The norm covers trainable gradients only: reading frozen ones would force XLA to
-    # compute them, and they never move a parameter.
-    trainable_grads = [g for g, label in zip(jax.tree.leaves(grads), jax.tree.leaves(labels))
-                       if label == 'train']
-    metrics = {'loss': value, 'grad_norm': optax.global_norm(trainable_grads),
-               'param_norm': optax.global_norm(params),
-               'learning_rate': schedule(state['step']), **parts}
-    new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
-    if ema_decay:
-      new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)
-    return new_state, metrics
+  terms = [TaskLoss(objective)]
+  if distilling:
+    alpha, temperature = distill_config.alpha, distill_config.temperature
+    soft = (distill.TeacherSoftTargets if in_step else distill.SoftTargets)(
+        objective, temperature, weight=alpha)
+    terms = [TaskLoss(objective, weight=1 - alpha), soft]
+  train_step = jax.jit(
+      make_train_step(model, tx, terms, teachers=teacher_models, labels=labels,
+                      schedule=schedule, ema_decay=config.ema_decay,
+                      accumulate_steps=accumulate),
+      donate_argnums=0, out_shardings=(state_shardings, None))
 
   def eval_params(state):
-    return averaging.as_params(state['ema'], state['params']) if ema_decay else state['params']
+    return averaging.as_params(state['ema'], state['params']) if config.ema_decay else state['params']
 
-  @jax.jit
-  def predict_step(params, batch):
-    return predictions(spec.kind, forward(params, batch, False))
+  predict = evaluation.predict_fn(model)
 
   def run_eval(params) -> dict[str, float]:
-    outputs = evaluation.gather_predictions(
-        lambda b: predict_step(params, b), eval_features, config.eval_batch_size,
-        config.max_length, config.pad_multiple, put=lambda b: sharding.put_batch(b, mesh))
-    return evaluation.score(spec, eval_examples, eval_features, outputs)
+    return evaluation.evaluate(model, params, spec, eval_examples, eval_features,
+                               batch_size=config.eval_batch_size, max_length=config.max_length,
+                               pad_multiple=config.pad_multiple, predict=predict,
+                               put=lambda b: sharding.put_batch(b, mesh))
 
   # -- Loop ---------------------------------------------------------------------------
   writer = MetricWriter(workdir)
@@ -256,6 +279,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   checkpoint_every = config.checkpoint_every or eval_every
   start = int(state['step'])
   progress = _Progress(start, total_steps)
+  pending = _Pending()
   last_eval: dict[str, float] = {}
   seen, t0 = 0, time.perf_counter()
   try:
@@ -266,21 +290,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
       if targets is not None:  # padding rows (-1) get any target: their weight is 0
         batch['teacher'] = targets[np.maximum(index, 0)]
       with mesh:
-        state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+        state, metrics = train_step(state, sharding.put_batch(batch, mesh), teacher_params)
+      pending.add(step, metrics['loss'])
       seen += int(batch['weights'].sum())
-      loss_value = float(metrics['loss'])
-      if not math.isfinite(loss_value):
-        raise FloatingPointError(
-            f'Loss is {loss_value} at step {step}; stopping without saving. The last good '
-            f'checkpoint (step {ckpt.latest_step()}) in {workdir} is untouched: lower the '
-            'learning rate or enable gradient clipping, then rerun to resume from it.')
-      if step % config.log_every == 0 or step == total_steps:
+      log = step % config.log_every == 0 or step == total_steps
+      evaluate = step % eval_every == 0 or step == total_steps
+      save = step % checkpoint_every == 0 or step == total_steps
+      if log or evaluate or save:  # nothing non-finite is logged, evaluated or saved
+        pending.check(ckpt.latest_step(), workdir)
+      if log:
         values = {k: float(v) for k, v in metrics.items()}
         values['examples_per_sec'] = seen / (time.perf_counter() - t0)
         writer.write(step, 'train', values)
         progress.update(step, values)
         seen, t0 = 0, time.perf_counter()
-      if step % eval_every == 0 or step == total_steps:
+      if evaluate:
         with mesh:
           last_eval = run_eval(eval_params(state))
         writer.write(step, 'eval', last_eval)
@@ -289,7 +313,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
         if score > best['score']:
           best = {'score': score, 'step': step}
           ckpt.save_best(step, eval_params(state), score, {'metrics': last_eval, 'step': step})
-      if step % checkpoint_every == 0 or step == total_steps:
+      if save:
         ckpt.save(step, state, {'iterator': train_iter.state_dict(), 'best': best})
   finally:
     ckpt.close()

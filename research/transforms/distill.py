@@ -1,32 +1,43 @@
-"""Knowledge distillation on a task's outputs (Hinton et al. 2015): pure target and loss fns.
+"""Knowledge distillation on a task's outputs (Hinton et al. 2015): targets, losses, terms.
 
 The student learns from the teachers' softened class probabilities (or, for regression,
-their predicted scores) as well as from the labels:
+their predicted scores) as well as from the labels. What "softened" and "the loss"
+mean per task kind is the objective's business (`research/objectives`); this module
+holds the kind-free parts and the loss terms the train step sums:
 
-    targets = teacher_targets([probs_a, probs_b], 'classification', temperature=2.0)
-    loss = (1 - alpha) * task_loss + alpha * soft_loss('classification', logits, targets,
-                                                       weights, temperature=2.0)
+    terms = [TaskLoss(objective, weight=1 - alpha),
+             SoftTargets(objective, temperature=2.0, weight=alpha)]    # cached targets
+    terms = [TaskLoss(objective, weight=1 - alpha),
+             TeacherSoftTargets(objective, temperature=2.0, weight=alpha)]  # in-step teacher
 
-Teachers are frozen by construction: only their outputs enter the student's step, so
-nothing of theirs is differentiated, updated or checkpointed again. Several teachers
-form an ensemble by averaging their softened probabilities (or scores).
+`SoftTargets` reads precomputed targets from `batch['teacher']` (the teachers ran once
+over the train set, `research/train/teachers.py`); `TeacherSoftTargets` reads the
+frozen teachers' outputs computed inside the same jitted step (the step passes them).
+Either way nothing of a teacher is differentiated, updated or checkpointed. Several
+teachers form an ensemble by averaging their softened probabilities (or scores).
+
+A loss term is any object with `name`, `weight`, `needs` (intermediates the student
+forward must return, e.g. {'attentions'}), `teacher_needs`, `count(batch)` (the units
+its value averages over, for gradient accumulation) and
+`__call__(student, teachers, batch) -> (value, metrics)`, where `student` is the
+model's `(outputs, intermediates)` and `teachers` a tuple of the same per teacher (empty
+without a teacher).
 
 Example:
-  >>> import numpy as np
-  >>> t = teacher_targets([np.array([[0.9, 0.1]])], 'classification', temperature=1.0)
-  >>> float(soft_loss('classification', np.log(t), t, np.ones(1), 1.0)) < 1e-6
+  >>> from research.objectives import Classification
+  >>> t = teacher_targets([np.array([[0.9, 0.1]])], Classification(), temperature=1.0)
+  >>> float(soft_loss(Classification(), np.log(t), t, np.ones(1), 1.0)) < 1e-6
   True
 """
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-KINDS = ('classification', 'regression')
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -41,45 +52,91 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
   return (scaled / scaled.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def teacher_targets(outputs: Sequence[np.ndarray], kind: str,
+def kl_to_targets(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                  temperature: float = 1.0) -> jax.Array:
+  """Weighted mean of T^2 * KL(targets || softmax(logits / T)) over rows.
+
+  It has the gradients of the cross-entropy to the targets but is 0 when the student
+  matches; the T^2 keeps the gradient's scale independent of T (Hinton et al.). Rows
+  with weight 0 (padding) do not count.
+  """
+  terms = temperature ** 2 * optax.losses.kl_divergence(
+      jax.nn.log_softmax(logits.astype(jnp.float32) / temperature), targets)
+  return (terms * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def teacher_targets(outputs: Sequence[np.ndarray], objective: Any,
                     temperature: float = 1.0) -> np.ndarray:
   """One target per example from one or more teachers' outputs on the same examples.
 
   Args:
-    outputs: per teacher, class probabilities [n, classes] (classification) or
-      scores [n] (regression), as `saved_runs.run_outputs` returns them.
-    kind: 'classification' or 'regression'.
+    outputs: per teacher, its `objective.averageable` outputs (class probabilities
+      [n, classes], or scores [n]), as `saved_runs.run_outputs` returns them.
+    objective: the task's objective (it defines softening and averaging).
     temperature: softening of the class probabilities (1 = as the teacher gave them).
 
   Returns:
     [n, classes] mean softened probabilities, or [n] mean scores (float32).
   """
-  if kind not in KINDS:
-    raise ValueError(f'Distillation supports {KINDS} tasks, got {kind!r}')
   if not outputs:
     raise ValueError('no teacher outputs')
   shapes = {np.shape(o) for o in outputs}
   if len(shapes) != 1:
     raise ValueError(f'teachers disagree on the output shape: {sorted(shapes)}')
-  if kind == 'regression':
-    return np.mean(np.asarray(outputs, np.float32), 0)
-  return np.mean([soften(o, temperature) for o in outputs], 0).astype(np.float32)
+  return objective.soft_targets(outputs, temperature)
 
 
-def soft_loss(kind: str, logits: jax.Array, targets: jax.Array, weights: jax.Array,
+def soft_loss(objective: Any, logits: jax.Array, targets: jax.Array, weights: jax.Array,
               temperature: float = 1.0) -> jax.Array:
-  """Weighted mean distillation loss of the student's logits against teacher targets.
+  """Weighted mean distillation loss of the student's outputs against soft targets."""
+  return objective.soft_loss(logits, targets, weights, temperature)
 
-  Classification: T^2 * KL(targets || softmax(logits / T)), which has the gradients of
-  the cross-entropy but is 0 when the student matches; the T^2 keeps the gradient's scale
-  independent of T (Hinton et al.). Regression: squared error to the teacher's score.
-  Rows with weight 0 (padding) do not count.
-  """
-  if kind == 'classification':
-    terms = temperature ** 2 * optax.losses.kl_divergence(
-        jax.nn.log_softmax(logits.astype(jnp.float32) / temperature), targets)
-  elif kind == 'regression':
-    terms = jnp.square(logits.astype(jnp.float32) - targets)
-  else:
-    raise ValueError(f'Distillation supports {KINDS} tasks, got {kind!r}')
-  return (terms * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+def _row_weights(batch: dict) -> jax.Array:
+  weights = batch.get('weights')
+  if weights is None:
+    return jnp.ones(batch['input_ids'].shape[0], jnp.float32)
+  return weights.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTargets:
+  """The soft loss against precomputed targets in `batch['teacher']` (cached teachers)."""
+  objective: Any
+  temperature: float = 1.0
+  weight: float = 1.0
+  name: str = 'distill_loss'
+  needs: frozenset = frozenset()
+  teacher_needs: frozenset = frozenset()
+
+  def count(self, batch: dict) -> jax.Array:
+    return _row_weights(batch).sum()
+
+  def __call__(self, student, teachers, batch):
+    del teachers
+    value = self.objective.soft_loss(student[0], batch['teacher'], _row_weights(batch),
+                                     self.temperature)
+    return value, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSoftTargets:
+  """The soft loss against frozen teachers run in the same step (their mean target)."""
+  objective: Any
+  temperature: float = 1.0
+  weight: float = 1.0
+  name: str = 'distill_loss'
+  needs: frozenset = frozenset()
+  teacher_needs: frozenset = frozenset()
+
+  def count(self, batch: dict) -> jax.Array:
+    return _row_weights(batch).sum()
+
+  def __call__(self, student, teachers, batch):
+    if not teachers:
+      raise ValueError('TeacherSoftTargets needs a teacher in the train step')
+    targets = sum(self.objective.teacher_targets(t[0], self.temperature)
+                  for t in teachers) / len(teachers)
+    value = self.objective.soft_loss(student[0], targets, _row_weights(batch),
+                                     self.temperature)
+    return value, {}

@@ -154,8 +154,9 @@ def freeze_bottom(k: int) -> List[Tuple[str, str]]:
   """Embeddings and ``layer_0 .. layer_{k-1}`` frozen; the rest trained.
 
   Args:
-    k: number of bottom layers frozen (0 = embeddings only). A shared ALBERT
-      'shared_layer' is not a bottom layer and stays trained.
+    k: number of bottom parameter sets frozen (0 = embeddings only). With
+      cross-layer sharing (ALBERT) `layer_0` serves every layer, so k >= 1 freezes
+      all of them.
   Returns:
     A rule list.
   """

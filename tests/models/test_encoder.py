@@ -78,10 +78,10 @@ def test_per_layer_sizes_and_fully_pruned_blocks(ids):
 
 
 def test_shared_layers_and_factorised_embedding(ids):
-  config = EncoderConfig(**{**TINY, 'num_layers': 3, 'share_layers': True,
-                            'embedding_size': 8, 'model_type': 'albert'})
+  config = EncoderConfig(**{**TINY, 'num_layers': 3, 'embedding_size': 8,
+                            'model_type': 'albert'}).shared()
   params = init_params(config, jax.random.PRNGKey(0))
-  assert set(params) == {'embeddings', 'shared_layer', 'pooler'}
+  assert set(params) == {'embeddings', 'layer_0', 'pooler'}
   assert params['embeddings']['word_embeddings']['embedding'].shape == (50, 8)
   assert params['embeddings']['projection']['kernel'].shape == (8, 16)
   _, inter = apply(config, params, ids)
@@ -91,7 +91,7 @@ def test_shared_layers_and_factorised_embedding(ids):
                    Layer(config, 4, 24))
   x = inter['hidden_states'][0]
   for _ in range(3):
-    x = layer({'params': params['shared_layer']}, x)
+    x = layer({'params': params['layer_0']}, x)
   np.testing.assert_allclose(x, inter['hidden_states'][-1], atol=1e-5)
 
 

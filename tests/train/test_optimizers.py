@@ -259,3 +259,28 @@ def test_composes_with_static_freezing_under_jit():
 def test_config_validation(override, match):
   with pytest.raises(ValueError, match=match):
     opt.make_optimizer(dict(BASE, **override))
+
+
+def test_layer_depths_with_shared_layers():
+  """A shared parameter set is as deep as the highest layer that runs it."""
+  params = tiny_params()
+  # ALBERT: every application runs layer_0 (drop layer_1's params).
+  shared = {**params, 'encoder': {k: v for k, v in params['encoder'].items()
+                                  if k != 'layer_1'}}
+  depths = by_path(opt.layer_depths(shared, num_layers=4, attention_map=(0,) * 4,
+                                    ffn_map=(0,) * 4))
+  assert depths['encoder/layer_0/attention/query/kernel'] == 1
+  assert depths['encoder/layer_0/mlp/output/kernel'] == 1
+  assert depths['encoder/embeddings/word_embeddings/embedding'] == 5
+  # Attention shared by all, FFN per layer: the two blocks of layer_0 differ in depth,
+  # and layer_1 holds only an FFN block.
+  layer_1 = {k: v for k, v in params['encoder']['layer_1'].items()
+             if k not in ('attention', 'attention_norm')}
+  params = {**params, 'encoder': {**params['encoder'], 'layer_1': layer_1}}
+  depths = by_path(opt.layer_depths(params, num_layers=2, attention_map=(0, 0)))
+  assert depths['encoder/layer_0/attention/query/kernel'] == 1
+  assert depths['encoder/layer_0/attention_norm/scale'] == 1
+  assert depths['encoder/layer_0/mlp/output/kernel'] == 2
+  assert depths['encoder/layer_1/output_norm/scale'] == 1
+  with pytest.raises(ValueError, match='give num_layers'):
+    opt.layer_depths(params, attention_map=(0, 0))

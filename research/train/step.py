@@ -1,0 +1,206 @@
+"""The train step: a model, an optimizer and loss terms make one jitted, donated update.
+
+    terms = [TaskLoss(objective)]
+    step = make_train_step(model, tx, terms, labels=freeze_labels(params, rules))
+    step = jax.jit(step, donate_argnums=0)
+    state = init_state(params, tx, seed=0)
+    state, metrics = step(state, batch)                       # no teacher
+    state, metrics = step(state, batch, (teacher_params,))    # with frozen teachers
+
+The loss is the weighted sum of the terms (see `research/transforms/distill.py` for
+the term protocol): each term maps (student `(outputs, intermediates)`, teachers'
+`(outputs, intermediates)`, batch) to a scalar and metrics. Frozen teachers are models
+given here and params given to each call: an argument of the jitted step, never
+donated, never in the optimizer state or the checkpointed state, and behind
+`stop_gradient`, so no gradient reaches them.
+
+Gradient accumulation runs inside the step: a batch of k * b rows is split into k
+micro-batches of b (rows i, i + k, ... so each stays spread over the data-parallel
+devices), their gradients summed in a `lax.scan`, and one optimizer update follows. Each
+micro-batch's loss is weighted by its share of each term's units (`term.count`: real
+rows, or labelled tokens for tagging), so the update equals the one of the whole batch
+up to float rounding. One step is one optimizer update: the schedule, the logged
+learning rate and the parameter average (EMA) advance once per update.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from research.train import averaging
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLoss:
+  """The objective's own loss against the batch's labels."""
+  objective: Any
+  weight: float = 1.0
+  name: str = 'task_loss'
+  needs: frozenset = frozenset()
+  teacher_needs: frozenset = frozenset()
+
+  def count(self, batch: dict) -> jax.Array:
+    return self.objective.count(batch)
+
+  def __call__(self, student, teachers, batch):
+    del teachers
+    return self.objective.loss(student[0], batch)[0], {}
+
+
+def forward(model, params: Params, batch: dict, *, train: bool = False, rng=None,
+            needs: frozenset = frozenset()):
+  """`model.apply` on a batch: `(outputs, intermediates)`.
+
+  Args:
+    model: a TaskModel (or any module with its call signature).
+    params: its params.
+    batch: 'input_ids', 'attention_mask' and optional 'token_type_ids'.
+    train: dropout on (needs `rng`).
+    needs: intermediates to return beyond hidden states: 'attentions', 'qkv'.
+  """
+  return model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
+                     batch.get('token_type_ids'), deterministic=not train,
+                     rngs={'dropout': rng} if train else None,
+                     output_attentions='attentions' in needs, output_qkv='qkv' in needs)
+
+
+def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
+                 ) -> Callable[..., tuple[jax.Array, dict]]:
+  """`loss(params, batch, rng, teacher_params, shares=None) -> (total, metrics)`.
+
+  `shares` (one scalar per term) weighs each term's value; None means 1 (a whole
+  batch). The teachers run without dropout, behind `stop_gradient`.
+  """
+  if not terms:
+    raise ValueError('the train step needs at least one loss term')
+  names = [t.name for t in terms]
+  if len(set(names)) != len(names):
+    raise ValueError(f'loss terms need distinct names, got {names}')
+  student_needs = frozenset().union(*(t.needs for t in terms))
+  teacher_needs = frozenset().union(*(t.teacher_needs for t in terms))
+
+  def loss(params, batch, rng, teacher_params=(), shares=None):
+    if len(teacher_params) != len(teachers):
+      raise ValueError(f'the step has {len(teachers)} teacher model(s) but got '
+                       f'{len(teacher_params)} teacher param tree(s)')
+    student = forward(model, params, batch, train=True, rng=rng, needs=student_needs)
+    teacher_out = tuple(
+        jax.lax.stop_gradient(forward(t, jax.lax.stop_gradient(p), batch, needs=teacher_needs))
+        for t, p in zip(teachers, teacher_params))
+    total, metrics = 0.0, {}
+    for i, term in enumerate(terms):
+      value, extra = term(student, teacher_out, batch)
+      if shares is not None:
+        value = value * shares[i]
+      total = total + term.weight * value
+      metrics[term.name] = value
+      metrics.update({f'{term.name}/{k}': v for k, v in extra.items()})
+    return total, metrics
+  return loss
+
+
+def init_state(params: Params, tx: optax.GradientTransformation, seed: int,
+               ema_decay: float = 0.0) -> dict:
+  """The train state pytree: step, params, optimizer state, RNG and (optionally) EMA."""
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+           'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(seed)}
+  if ema_decay:
+    state['ema'] = jax.jit(averaging.init)(params)
+  return state
+
+
+def _micro_batches(batch: dict, k: int) -> dict:
+  """[k * b, ...] -> [k, b, ...] with micro-batch i = rows i, i + k, i + 2k, ..."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f'batch of {x.shape[0]} rows does not split into {k} micro-batches')
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any], *,
+                    teachers: Sequence[Any] = (), labels: Any = None,
+                    schedule: optax.Schedule | None = None, ema_decay: float = 0.0,
+                    accumulate_steps: int = 1):
+  """Builds `step(state, batch, teacher_params=()) -> (state, metrics)` (not jitted).
+
+  Args:
+    model: the student (a TaskModel).
+    tx: the optimizer (freezing already applied, e.g. `freeze.with_freezing`).
+    terms: loss terms, summed with their weights.
+    teachers: frozen teacher models; their params are the step's third argument.
+    labels: optional 'train' / 'freeze' label tree over the params; frozen params get
+      `stop_gradient` (XLA then skips their gradients) and stay out of the grad norm.
+    schedule: the learning-rate schedule, logged as 'learning_rate'.
+    ema_decay: > 0 keeps a parameter average in `state['ema']`.
+    accumulate_steps: micro-batches per update (the batch must split evenly).
+
+  Returns:
+    The step function; jit it with `donate_argnums=0` (never donate the teachers).
+  """
+  if accumulate_steps < 1:
+    raise ValueError(f'accumulate_steps must be >= 1, got {accumulate_steps}')
+  loss_fn = make_loss_fn(model, terms, teachers)
+  frozen = (None if labels is None else
+            jax.tree.map(lambda label: label == 'freeze', labels))
+
+  def differentiable(params):
+    if frozen is None:
+      return params
+    return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+
+  grad_fn = jax.value_and_grad(
+      lambda params, *args: loss_fn(differentiable(params), *args), has_aux=True)
+
+  def gradients(params, batch, rng, teacher_params):
+    if accumulate_steps == 1:
+      return grad_fn(params, batch, rng, teacher_params)
+    micro = _micro_batches(batch, accumulate_steps)
+    counts = jnp.stack([jax.vmap(term.count)(micro) for term in terms], 1)  # [k, terms]
+    shares = counts / jnp.maximum(counts.sum(0), 1.0)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+
+    def body(carry, xs):
+      grads, total, metrics = carry
+      mb, share, index = xs
+      (value, extra), g = grad_fn(params, mb, jax.random.fold_in(rng, index),
+                                  teacher_params, share)
+      grads = jax.tree.map(jnp.add, grads, g)
+      metrics = jax.tree.map(jnp.add, metrics, extra)
+      return (grads, total + value, metrics), None
+
+    abstract = jax.eval_shape(lambda: loss_fn(params, jax.tree.map(lambda x: x[0], micro),
+                                              rng, teacher_params, shares[0])[1])
+    metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    (grads, total, metrics), _ = jax.lax.scan(
+        body, (zeros, jnp.zeros((), jnp.float32), metrics0),
+        (micro, shares, jnp.arange(accumulate_steps)))
+    return (total, metrics), grads
+
+  def step(state, batch, teacher_params=()):
+    rng = jax.random.fold_in(state['rng'], state['step'])
+    (total, parts), grads = gradients(state['params'], batch, rng, tuple(teacher_params))
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    # The norm covers trainable gradients only: reading frozen ones would force XLA to
+    # compute them, and they never move a parameter.
+    trainable = jax.tree.leaves(grads) if frozen is None else [
+        g for g, f in zip(jax.tree.leaves(grads), jax.tree.leaves(frozen)) if not f]
+    metrics = {'loss': total, 'grad_norm': optax.global_norm(trainable),
+               'param_norm': optax.global_norm(params)}
+    if len(terms) > 1 or any('/' in k for k in parts):
+      metrics.update(parts)
+    if schedule is not None:
+      metrics['learning_rate'] = schedule(state['step'])
+    new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
+    if ema_decay:
+      new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)
+    return new_state, metrics
+
+  return step
