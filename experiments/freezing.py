@@ -1,13 +1,16 @@
 r"""What to freeze? Full fine-tuning vs feature extractor vs BitFit vs bottom-k, same budget.
 
-    # SST-2, first 4,000 train sentences, 1 epoch (125 steps of 32), full dev set:
-    python -m experiments.freezing --out runs/freezing
-    # tiny CPU smoke run (64 train / 64 dev sentences, 4 steps per preset):
-    python -m experiments.freezing --runlocal --out /tmp/freezing
+    python -m experiments.freezing --config experiments/configs/freezing.py \
+        --out runs/freezing
+    python -m experiments.freezing --config experiments/configs/freezing.py:runlocal \
+        --out /tmp/freezing
+
+The config (experiments/configs/freezing.py) holds the settings, the variants and the
+measured numbers; fields can be overridden with --config.<field>=<value>.
 
 Every preset is one `research.train.trainer.train_and_evaluate` run of the bundled
 MiniLM-L6 with the same data, steps, batch size, schedule (6 % warmup, linear decay),
-seed and head (layer_mix 'top', --pooling, linear classifier); only the freezing rules
+seed and head (layer_mix 'top', `pooling`, linear classifier); only the freezing rules
 (`research.transforms.freeze.preset`) and the learning rate differ:
 
   preset              frozen                                  learning rate
@@ -16,29 +19,16 @@ seed and head (layer_mix 'top', --pooling, linear classifier); only the freezing
   bitfit              encoder weights; encoder biases train   1e-3
   bottom:3            embeddings + layers 0..2                1e-4
 
-Feature extractor and BitFit train few parameters that start far from a solution (a
-zero-mean random head, biases), so they need a ~10x larger learning rate; full and
-bottom-k use the usual fine-tuning rate. Override with --lr preset=value (repeatable).
-
 Reported per preset: dev accuracy at the end, trainable / total parameters, the bytes
 of optimizer state (the same `with_freezing(make_optimizer(...))` the trainer builds,
 measured as `optimizer_state_bytes(jax.eval_shape(tx.init, params))`: frozen params
 hold no Adam moments), and the wall time of the whole run (data, compile, train,
 evaluation, checkpoints). Writes results.md and results.json to --out; each run's
 workdir (checkpoints, metrics) goes to --out/workdirs/<preset> and is deleted after the
-run unless --keep_workdirs (a leftover workdir would otherwise be resumed).
-
-Measured with the defaults (4,000 train sentences, 125 steps, 872 dev; 2 shared CPU
-cores): dev accuracy full 82.6, bottom:3 82.3, BitFit 78.4, feature extractor 72.4;
-trainable 22.7M / 5.47M / 26,882 / 770; Adam state 173 MiB / 42 MiB / 210 KiB / 6 KiB;
-wall 161 / 134 / 131 / 68 s (the trainer stops gradients at a wholly frozen encoder,
-so the feature extractor skips the encoder's backward pass; BitFit and bottom-k still
-compute it). The frozen-encoder head is under-trained at this budget: a linear probe
-on all 67k sentences reaches ~80.7 (experiments/layer_probe.py).
+run unless `keep_workdirs` (a leftover workdir would otherwise be resumed).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -47,73 +37,94 @@ import sys
 import time
 from typing import Any, Sequence
 
+from absl import app, flags
 import jax
+from ml_collections import config_flags
 
-from experiments.configs import common
+from research.train.defaults import trainer_defaults
 from research.train.optimizers import make_optimizer
 from research.train.trainer import train_and_evaluate
 from research.transforms import freeze
 
-PRESETS = ('full', 'feature_extractor', 'bitfit', 'bottom:3')
-# Learning rate per preset (see the module docstring for why they differ).
-LEARNING_RATES = {
-    'full': 1e-4,
-    'feature_extractor': 1e-3,
-    'bitfit': 1e-3,
-    'bottom:3': 1e-4,
-}
+
+def _define_flags():
+  # Defined when run as a script only, so importing this module (tests, notebooks) does
+  # not clash with other scripts' --config / --out.
+  config_flags.DEFINE_config_file('config', None, 'experiments/configs/freezing.py[:args]')
+  flags.DEFINE_string('out', 'runs/freezing', 'Folder for results.md/.json and workdirs.')
+  flags.mark_flags_as_required(['config'])
 
 
-def make_config(args: argparse.Namespace, preset: str):
+def presets(config) -> list[str]:
+  """The config's preset names, validated, each with a learning rate."""
+  names = [name for name in config.presets.split(',') if name]
+  for name in names:
+    freeze.preset(name)  # an unknown name is an error naming the valid ones
+    if learning_rate(config, name) is None:
+      raise ValueError(f'no learning rate for preset {name!r}; set '
+                       f'--config.lr.{name.partition(":")[0]}=VALUE')
+  return names
+
+
+def learning_rate(config, preset: str) -> float | None:
+  """The rate of `preset`'s kind ('bottom:3' -> config.lr.bottom), or None."""
+  return config.lr.get(preset.partition(':')[0])
+
+
+def trainer_config(config, preset: str):
   """The trainer config of one preset: shared budget, preset's rules and lr."""
-  c = common.trainer_defaults()
-  c.model = args.model
+  c = trainer_defaults()
+  c.model = config.model
   c.task = 'sst2'
-  c.data_dir = args.data_dir
-  c.train_examples = args.train_examples
-  c.eval_examples = args.eval_examples
-  c.max_length = args.max_length
-  c.pad_multiple = args.pad_multiple
-  c.batch_size = args.batch_size
-  c.eval_batch_size = args.eval_batch_size
-  c.num_epochs = args.epochs
-  c.total_steps = args.total_steps
-  c.pooling = args.pooling
+  c.data_dir = config.data_dir
+  c.train_examples = config.train_examples
+  c.eval_examples = config.eval_examples
+  c.max_length = config.max_length
+  c.pad_multiple = config.pad_multiple
+  c.batch_size = config.batch_size
+  c.eval_batch_size = config.eval_batch_size
+  c.num_epochs = config.epochs
+  c.total_steps = config.total_steps
+  c.pooling = config.pooling
   c.layer_mix = 'top'
   c.freeze = preset
-  c.seed = args.seed
-  c.log_every = args.log_every
-  c.optimizer.learning_rate = args.lr[preset]
+  c.seed = config.seed
+  c.log_every = config.log_every
+  c.optimizer.learning_rate = learning_rate(config, preset)
   return c
 
 
 def optimizer_state_size(config, params, total_steps: int) -> int:
   """Bytes of the optimizer state the trainer builds for `config` (by eval_shape)."""
-  opt_config = {**config.optimizer.to_dict(), 'total_steps': total_steps}
+  # Gradient accumulation is the trainer's business, not an optimizer field; the
+  # presets never accumulate, so leaving it out measures the same optimizer.
+  opt_config = {k: v for k, v in config.optimizer.to_dict().items()
+                if k != 'accumulate_steps'}
+  opt_config['total_steps'] = total_steps
   tx = freeze.with_freezing(make_optimizer(opt_config), params, freeze.preset(config.freeze))
   return freeze.optimizer_state_bytes(jax.eval_shape(tx.init, params))
 
 
-def run_preset(args: argparse.Namespace, preset: str) -> dict[str, Any]:
-  config = make_config(args, preset)
-  workdir = os.path.join(args.out, 'workdirs', preset.replace(':', '_'))
+def run_preset(config, preset: str, out: str) -> dict[str, Any]:
+  """Trains and evaluates one preset in out/workdirs/<preset>; returns its table row."""
+  c = trainer_config(config, preset)
+  workdir = os.path.join(out, 'workdirs', preset.replace(':', '_'))
   shutil.rmtree(workdir, ignore_errors=True)  # a leftover workdir would be resumed
   start = time.perf_counter()
-  result = train_and_evaluate(config, workdir)
+  result = train_and_evaluate(c, workdir)
   wall = time.perf_counter() - start
   row = {
       'preset': preset,
-      'learning_rate': config.optimizer.learning_rate,
+      'learning_rate': c.optimizer.learning_rate,
       'dev_accuracy': float(result['final']['accuracy']),
       'best_dev_accuracy': float(result['best']['score']),
       'trainable_params': int(result['trainable_params']),
       'total_params': int(result['total_params']),
-      'optimizer_state_bytes': optimizer_state_size(config, result['params'],
-                                                    result['steps']),
+      'optimizer_state_bytes': optimizer_state_size(c, result['params'], result['steps']),
       'steps': int(result['steps']),
       'wall_seconds': wall,
   }
-  if not args.keep_workdirs:
+  if not config.keep_workdirs:
     shutil.rmtree(workdir, ignore_errors=True)
     if not os.listdir(os.path.dirname(workdir)):
       os.rmdir(os.path.dirname(workdir))
@@ -140,81 +151,45 @@ def markdown_table(rows: Sequence[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _parse_lr(items: Sequence[str]) -> dict[str, float]:
-  lr = dict(LEARNING_RATES)
-  for item in items or ():
-    name, sep, value = item.partition('=')
-    if not sep:
-      raise ValueError(f'--lr expects preset=value, got {item!r}')
-    freeze.preset(name)  # validates the name
-    lr[name] = float(value)
-  return lr
+def run(config, out: str, command: str = '') -> dict[str, Any]:
+  """Runs every preset of `config`, writes results.md/.json to `out`.
 
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--model', default='minilm-l6')
-  p.add_argument('--presets', default=','.join(PRESETS),
-                 help=f'comma-separated freeze presets (default {",".join(PRESETS)})')
-  p.add_argument('--train_examples', type=int, default=4000, help='0 = all')
-  p.add_argument('--eval_examples', type=int, default=0, help='0 = all dev (872)')
-  p.add_argument('--epochs', type=int, default=1)
-  p.add_argument('--total_steps', type=int, default=0, help='0 = epochs * steps/epoch')
-  p.add_argument('--batch_size', type=int, default=32)
-  p.add_argument('--eval_batch_size', type=int, default=128)
-  p.add_argument('--max_length', type=int, default=64)
-  p.add_argument('--pad_multiple', type=int, default=16)
-  p.add_argument('--pooling', choices=('mean', 'cls'), default='mean',
-                 help='mean: all-MiniLM-L6-v2 was trained for mean-pooled embeddings')
-  p.add_argument('--lr', action='append', metavar='PRESET=LR',
-                 help=f'override a learning rate (defaults {LEARNING_RATES})')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--log_every', type=int, default=25)
-  p.add_argument('--data_dir', default=None,
-                 help='GLUE folder (default: $RESEARCH_DATA_DIR or ../shared/data/glue)')
-  p.add_argument('--out', default='runs/freezing')
-  p.add_argument('--keep_workdirs', action='store_true')
-  p.add_argument('--runlocal', action='store_true',
-                 help='tiny smoke run: 64 train / 64 dev, batch 16, max_length 32, 4 steps')
-  args = p.parse_args(argv)
-  if args.runlocal:
-    args.train_examples, args.eval_examples = 64, 64
-    args.batch_size, args.eval_batch_size = 16, 64
-    args.max_length = args.pad_multiple = 32  # one compiled shape per step function
-    args.epochs, args.log_every = 1, 2
-  if args.data_dir is None:
-    args.data_dir = common.default_data_dir('glue')
-  args.lr = _parse_lr(args.lr)
-  args.presets = [name for name in args.presets.split(',') if name]
-  for name in args.presets:
-    freeze.preset(name)
-    if name not in args.lr:
-      raise ValueError(f'no learning rate for preset {name!r}; pass --lr {name}=VALUE')
-  return args
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', force=True)
-  os.makedirs(args.out, exist_ok=True)
-  rows = [run_preset(args, name) for name in args.presets]
+  Args:
+    config: from experiments/configs/freezing.py.
+    out: output folder (created).
+    command: the command line, recorded in results.json.
+  Returns:
+    The dict written to results.json.
+  """
+  names = presets(config)  # fail before the first (minutes-long) run
+  os.makedirs(out, exist_ok=True)
+  rows = [run_preset(config, name, out) for name in names]
   result = {
-      'config': {k: v for k, v in vars(args).items()},
+      'config': {**config.to_dict(), 'presets': names, 'out': out},
       'rows': rows,
-      'command': 'python -m experiments.freezing ' + ' '.join(
-          sys.argv[1:] if argv is None else argv),
+      'command': command,
   }
-  header = (f'# Freezing: SST-2, {args.model}, {args.train_examples or "all"} train '
-            f'sentences, {args.epochs} epoch(s) of batch {args.batch_size}, max_length '
-            f'{args.max_length}, {args.pooling} pooling, seed {args.seed}\n\n')
+  header = (f'# Freezing: SST-2, {config.model}, {config.train_examples or "all"} train '
+            f'sentences, {config.epochs} epoch(s) of batch {config.batch_size}, '
+            f'max_length {config.max_length}, {config.pooling} pooling, seed '
+            f'{config.seed}\n\n')
   table = markdown_table(rows)
-  with open(os.path.join(args.out, 'results.md'), 'w') as f:
+  with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(header + table)
-  with open(os.path.join(args.out, 'results.json'), 'w') as f:
+  with open(os.path.join(out, 'results.json'), 'w') as f:
     json.dump(result, f, indent=2)
   print(header + table)
   return result
 
 
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
+  run(flags.FLAGS.config, flags.FLAGS.out,
+      command='python -m experiments.freezing ' + ' '.join(sys.argv[1:]))
+
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

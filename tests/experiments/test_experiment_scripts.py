@@ -1,13 +1,17 @@
 """Smoke runs of the experiment scripts (--runlocal, real MiniLM and SST-2 slices).
 
-Each script's `main()` runs into tmp_path; we check the files it writes and the
-invariants of its numbers (not the accuracies themselves: the slices are tiny).
+Each script's `run(config, out)` runs its config's `runlocal` variant into tmp_path; we
+check the files it writes and the invariants of its numbers (not the accuracies
+themselves: the slices are tiny).
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +38,14 @@ def png_size(path: Path) -> tuple[int, int]:
   return struct.unpack('>II', data[16:24])
 
 
-def test_layer_probe_runlocal(tmp_path, sst2_dir, minilm_folder):
+def test_layer_probe_runlocal(tmp_path, sst2_dir, minilm_folder, caplog):
   from experiments import layer_probe  # pylint: disable=g-import-not-at-top
+  from experiments.configs import layer_probe as configs  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'layer_probe'
-  layer_probe.main(['--runlocal', '--out', str(out), '--data_dir', sst2_dir])
+  config = configs.get_config('runlocal')
+  config.data_dir = sst2_dir
+  config.cache_dir = str(tmp_path / 'features')
+  layer_probe.run(config, str(out))
 
   result = json.loads((out / 'results.json').read_text())
   num_layers = result['config']['num_layers']
@@ -64,6 +72,14 @@ def test_layer_probe_runlocal(tmp_path, sst2_dir, minilm_folder):
   assert '| scalar mix |' in table
   assert len(re.findall(r'^\| layer \d', table, re.M)) == num_layers + 1
 
+  # A second run reads both splits from the feature cache and reproduces the numbers.
+  assert len(list((tmp_path / 'features').glob('*.npz'))) == 2
+  with caplog.at_level(logging.INFO):
+    again = layer_probe.run(config, str(tmp_path / 'again'))
+  assert sum('loaded cached features' in r.getMessage() for r in caplog.records) == 2
+  assert not any(r.getMessage().startswith('encoded ') for r in caplog.records)
+  assert again['layers'] == result['layers'] and again['mix'] == result['mix']
+
 
 def test_scalar_mix_of_pooled_equals_pooled_mix(minilm_folder):
   """The docstring's claim: mean pooling commutes with the scalar mix."""
@@ -81,12 +97,15 @@ def test_scalar_mix_of_pooled_equals_pooled_mix(minilm_folder):
 
 def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
   from experiments import freezing  # pylint: disable=g-import-not-at-top
+  from experiments.configs import freezing as configs  # pylint: disable=g-import-not-at-top
   from research.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
   from research.transforms.freeze import param_paths  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'freezing'
   # Three presets keep this near a minute: each run compiles its own train step.
-  freezing.main(['--runlocal', '--out', str(out), '--data_dir', sst2_dir,
-                 '--presets', 'full,feature_extractor,bitfit'])
+  config = configs.get_config('runlocal')
+  config.data_dir = sst2_dir
+  config.presets = 'full,feature_extractor,bitfit'
+  freezing.run(config, str(out))
 
   result = json.loads((out / 'results.json').read_text())
   rows = {row['preset']: row for row in result['rows']}
@@ -141,3 +160,58 @@ def test_every_config_passes_the_trainer_and_optimizer_checks(module, arg):
 def test_config_argument_errors_name_the_valid_keys():
   with pytest.raises(ValueError, match=r"Unknown config argument 'tunde'.*tuned"):
     common.parse_arg('tunde', tuned=False, task='sst2')
+
+
+def test_layer_probe_and_freezing_configs():
+  from experiments import freezing  # pylint: disable=g-import-not-at-top
+  from experiments.configs import freezing as freezing_configs  # pylint: disable=g-import-not-at-top
+  from experiments.configs import layer_probe as probe_configs  # pylint: disable=g-import-not-at-top
+  from research.train.optimizers import validate_config  # pylint: disable=g-import-not-at-top
+  from research.train.trainer import check_config  # pylint: disable=g-import-not-at-top
+  # runlocal is the old --runlocal: 256 train / 128 dev, max_length 32, 3 epochs, batch 64.
+  full, local = probe_configs.get_config(), probe_configs.get_config('runlocal')
+  assert (full.train_examples, full.eval_examples, full.epochs, full.pooling) == (
+      0, 0, 10, 'mean')
+  assert (local.train_examples, local.eval_examples, local.max_length, local.epochs,
+          local.batch_size, local.pad_multiple) == (256, 128, 32, 3, 64, 16)
+  assert probe_configs.get_config('pooling=cls,task=cola').pooling == 'cls'
+
+  config = freezing_configs.get_config()
+  names = freezing.presets(config)
+  assert names == ['full', 'feature_extractor', 'bitfit', 'bottom:3']
+  rates = {}
+  for name in names + ['frozen_embeddings', 'bottom:5']:
+    trainer_config = freezing.trainer_config(config, name)
+    check_config(trainer_config)
+    validate_config({**trainer_config.optimizer.to_dict(), 'total_steps': 10})
+    assert trainer_config.freeze == name and trainer_config.layer_mix == 'top'
+    rates[name] = trainer_config.optimizer.learning_rate
+  assert rates == {'full': 1e-4, 'feature_extractor': 1e-3, 'bitfit': 1e-3,
+                   'bottom:3': 1e-4, 'frozen_embeddings': 1e-4, 'bottom:5': 1e-4}
+  local = freezing_configs.get_config('runlocal')
+  assert (local.train_examples, local.eval_examples, local.batch_size, local.max_length,
+          local.pad_multiple) == (64, 64, 16, 32, 32)
+  config.presets = 'full,nope'
+  with pytest.raises(ValueError, match="Unknown freeze preset 'nope'"):
+    freezing.presets(config)
+
+
+@pytest.mark.parametrize('script,override,error', [
+    ('layer_probe', '--config.task=stsb', 'needs a classification task'),
+    ('freezing', '--config.presets=full,nope', "Unknown freeze preset 'nope'"),
+])
+def test_command_line_reads_the_config_and_its_overrides(tmp_path, script, override,
+                                                         error):
+  """The absl entry point: --config FILE:runlocal, --config.field=value, --out.
+
+  Each override makes the run fail before any model is loaded, so this stays cheap.
+  """
+  root = Path(__file__).resolve().parents[2]
+  proc = subprocess.run(
+      [sys.executable, '-m', f'experiments.{script}',
+       f'--config=experiments/configs/{script}.py:runlocal', override,
+       f'--out={tmp_path / "out"}'], cwd=root, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode != 0
+  assert error in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / 'out').exists()
