@@ -40,3 +40,71 @@ def bert_like_params(num_layers: int = 2, hidden: int = 8, vocab: int = 40, ffn:
   return {'encoder': encoder,
           'layer_mix': {'weights': jnp.zeros(num_layers + 1), 'gamma': jnp.ones(())},
           'head': head}
+
+
+_POSITIVE = ('good', 'great', 'charming', 'wonderful', 'moving', 'funny', 'smart', 'fresh')
+_NEGATIVE = ('bad', 'dull', 'boring', 'awful', 'bleak', 'tired', 'weak', 'clumsy')
+_FILLER = ('the', 'film', 'story', 'is', 'a', 'and', 'cast', 'very', 'with', 'its', 'plot',
+           'music', 'ending', 'of', 'this', 'movie', 'quite', 'often', 'at', 'times')
+_NAMES = {'PER': ('john', 'mary', 'smith'), 'ORG': ('reuters', 'google', 'fifa'),
+          'LOC': ('paris', 'london', 'germany'), 'MISC': ('english', 'olympic', 'dutch')}
+
+
+def write_synthetic_data(root, seed: int = 0, sst2: int = 200, conll: int = 64,
+                         squad: int = 48) -> dict:
+  """Writes tiny task files in the original formats under `root`; returns their folders.
+
+  `root/glue/SST-2/{train,dev}.tsv` (sentiment words decide the label),
+  `root/conll2003/{train,valid}.txt` (IOB2 tags on name words) and
+  `root/squad/{train,dev}-v1.1.json` (the answer is a name in its context), so tests of
+  the trainer and the readers run without the real data sets.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  root = Path(root)
+
+  def sentence(label):
+    words = list(rng.choice(_FILLER, rng.integers(3, 12)))
+    cue = _POSITIVE if label else _NEGATIVE
+    for _ in range(rng.integers(1, 3)):
+      words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(cue)))
+    return ' '.join(words)
+
+  glue = root / 'glue' / 'SST-2'
+  glue.mkdir(parents=True, exist_ok=True)
+  for name, n in (('train.tsv', sst2), ('dev.tsv', max(sst2 // 4, 8))):
+    labels = rng.integers(0, 2, n)
+    rows = ['sentence\tlabel'] + [f'{sentence(y)} \t{y}' for y in labels]
+    (glue / name).write_text('\n'.join(rows) + '\n')
+
+  ner = root / 'conll2003'
+  ner.mkdir(parents=True, exist_ok=True)
+  for name, n in (('train.txt', conll), ('valid.txt', max(conll // 2, 8))):
+    lines = ['-DOCSTART- -X- -X- O', '']
+    for _ in range(n):
+      for _ in range(rng.integers(3, 10)):
+        if rng.random() < 0.3:
+          kind = str(rng.choice(sorted(_NAMES)))
+          for j in range(int(rng.integers(1, 3))):
+            lines.append(f'{rng.choice(_NAMES[kind])} NNP B-NP {"B" if j == 0 else "I"}-{kind}')
+        else:
+          lines.append(f'{rng.choice(_FILLER)} NN I-NP O')
+      lines.append('')
+    (ner / name).write_text('\n'.join(lines) + '\n')
+
+  qa = root / 'squad'
+  qa.mkdir(parents=True, exist_ok=True)
+  for name, n in (('train-v1.1.json', squad), ('dev-v1.1.json', max(squad // 2, 8))):
+    paragraphs = []
+    for i in range(n):
+      person, place = str(rng.choice(_NAMES['PER'])), str(rng.choice(_NAMES['LOC']))
+      filler = ' '.join(rng.choice(_FILLER, 6))
+      context = f'{filler} {person} lives in {place} {filler} .'
+      start = context.index(f'{person} lives') + len(person) + len(' lives in ')
+      qas = [{'id': f'{name[:3]}{i}', 'question': f'where does {person} live ?',
+              'answers': [{'text': place, 'answer_start': start}]}]
+      paragraphs.append({'context': context, 'qas': qas})
+    data = {'version': '1.1', 'data': [{'title': 'synthetic', 'paragraphs': paragraphs}]}
+    (qa / name).write_text(json.dumps(data))
+  return {'glue': str(root / 'glue'), 'root': str(root)}

@@ -87,3 +87,15 @@ def test_freezing_table_orders_presets_by_trainable_params(transfer_nb):
   # AdamW: two float32 moments per trainable parameter (+ small step counters).
   for r in rows.values():
     assert 8 * r['trainable'] <= r['state'] <= 8 * r['trainable'] + 1024
+
+
+def test_notebook_installs_only_extras_the_project_defines():
+  """A `pip install -e 'repo[extra]'` in a notebook must name an extra of pyproject.toml."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  extras = set(tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+               ['optional-dependencies'])
+  for path in NOTEBOOKS.glob('*.ipynb'):
+    source = '\n'.join(''.join(cell['source']) for cell in nbformat.read(path, as_version=4).cells)
+    for match in re.finditer(r"research_repo\[([\w,]+)\]", source):
+      assert set(match.group(1).split(',')) <= extras, (path.name, match.group(0))
+    assert 'from experiments' not in source and 'import experiments' not in source, path.name

@@ -1,5 +1,6 @@
-"""The trainer end to end on a tiny model and real SST-2 rows: logging, checkpoints,
-resume after SIGKILL, multi-device equality, NaN handling and config errors."""
+"""The trainer end to end on a tiny model and synthetic task files (written by
+`research.testing.write_synthetic_data`, so these tests never skip): logging,
+checkpoints, resume after SIGKILL, multi-device equality, NaN handling and config errors."""
 from __future__ import annotations
 
 import json
@@ -15,32 +16,26 @@ import jax
 import numpy as np
 import pytest
 
-from research.train.defaults import trainer_defaults
-from research.checkpoints import export_pretrained
-from research.models import EncoderConfig, init_params
+from research.objectives import Classification
 from research.train import trainer
+from research.train.defaults import trainer_defaults
 from research.train.metric_writer import read_metrics
 
-GLUE = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'glue'
 RUNNER = Path(__file__).with_name('run_trainer.py')
-pytestmark = pytest.mark.skipif(not (GLUE / 'SST-2').is_dir(), reason='needs ../shared/data')
+DATA = Path()  # the synthetic data root, set once per module by `synthetic_data`
 
 
-@pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory):
-  """A 2-layer, 32-wide random BERT with the bundled MiniLM tokenizer."""
-  config = EncoderConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
-                         intermediate_size=64, max_position_embeddings=128)
-  folder = tmp_path_factory.mktemp('tiny_bert')
-  export_pretrained(config, init_params(config, jax.random.PRNGKey(0)), folder,
-                    tokenizer_from='minilm-l6')
-  return str(folder)
+@pytest.fixture(scope='module', autouse=True)
+def synthetic_data(synthetic_root):
+  global DATA
+  DATA = Path(synthetic_root)
+  return DATA
 
 
 def tiny_config(model, **overrides):
   c = trainer_defaults()
   c.model = model
-  c.data_dir = str(GLUE)
+  c.data_dir = str(DATA / 'glue')
   c.train_examples, c.eval_examples = 96, 40
   c.batch_size, c.eval_batch_size = 16, 16
   # One pad length (32) so each jitted step compiles once: tests stay fast.
@@ -126,6 +121,33 @@ def test_sigkill_and_resume_gives_identical_params(tiny_model, reference_run, tm
   assert final[0] == final[1]
 
 
+def test_kills_while_writing_and_at_random_points_resume_bit_identical(tiny_model,
+                                                                      reference_run, tmp_path):
+  """SIGKILL mid-checkpoint-write, then at random moments: the run still ends the same."""
+  config = subprocess_config(tiny_model)
+  workdir, out = tmp_path / 'run', tmp_path / 'run.npz'
+  proc = run_subprocess(config, workdir, out, env={'KILL_WHILE_WRITING': '6'}, wait=False)
+  proc.communicate(timeout=600)
+  assert proc.returncode == -signal.SIGKILL
+  entries = os.listdir(workdir / 'checkpoints')
+  # Step 6 was left half-written (orbax's temporary folder, never renamed); the
+  # finalized checkpoints stop at step 4, and only those are read back.
+  assert any(e.startswith('6.') and 'tmp' in e for e in entries), entries
+  assert sorted(e for e in entries if e.isdigit()) == ['2', '4']
+  rng = np.random.default_rng(0)
+  for _ in range(3):  # kills at random moments: startup, compiling, stepping or saving
+    proc = run_subprocess(config, workdir, out, wait=False)
+    time.sleep(rng.uniform(2.0, 12.0))
+    if proc.poll() is not None:
+      break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  run_subprocess(config, workdir, out)
+  assert_same_params(reference_run, out)  # bit-identical
+  final = [json.loads(Path(f'{p}.json').read_text()) for p in (reference_run, out)]
+  assert final[0] == final[1]
+
+
 @pytest.mark.parametrize('data, fsdp', [(8, 1), (4, 2)])
 def test_eight_devices_match_one_device(tiny_model, reference_run, tmp_path, data, fsdp):
   """Data parallel (8) and FSDP (4 x 2) on forced host devices vs one device."""
@@ -143,11 +165,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, tmp_path, mon
   saved = sorted(os.listdir(tmp_path / 'checkpoints'))
   before = {p: p.stat().st_mtime_ns for p in (tmp_path / 'checkpoints').rglob('*')}
 
-  real_loss = trainer.loss_fn
-  monkeypatch.setattr(trainer, 'loss_fn',
-                      lambda kind, logits, batch: tuple(v * np.nan if i == 0 else v
+  real_loss = Classification.loss
+  monkeypatch.setattr(Classification, 'loss',
+                      lambda self, logits, batch: tuple(v * np.nan if i == 0 else v
                                                         for i, v in enumerate(real_loss(
-                                                            kind, logits, batch))))
+                                                            self, logits, batch))))
   with pytest.raises(FloatingPointError, match=r'Loss is nan at step 3.*step 2'):
     trainer.train_and_evaluate(tiny_config(tiny_model, total_steps=4, eval_every=2),
                                tmp_path)
@@ -190,12 +212,9 @@ def test_feature_extractor_trains_only_head_and_mix(tiny_model, tmp_path):
   assert result['trainable_params'] < result['total_params'] / 100
 
 
-DATA = GLUE.parent
-
-
 @pytest.mark.parametrize('task, split, metric', [
     ('conll2003', 'train', 'entity_f1'),
-    ('squad', 'validation', 'squad_f1'),  # only SQuAD dev is on disk: train on a slice of it
+    ('squad', 'train', 'squad_f1'),
 ])
 def test_tagging_and_span_tasks_train_and_score(tiny_model, tmp_path, task, split, metric):
   config = tiny_config(tiny_model, task=task, train_split=split, total_steps=2, eval_every=2,
@@ -298,12 +317,12 @@ def test_distillation_from_saved_runs(tiny_model, tmp_path):
   cached = list((tmp_path / 'zero').glob('teacher_*.npz'))
   assert len(cached) == 1
   np.testing.assert_allclose(np.load(cached[0])['outputs'], probs, rtol=1e-6)
-  targets = teachers.soft_targets(config, spec, tokenizer, features, str(tmp_path / 'zero'))
+  targets = teachers.soft_targets(config, spec, Classification(), tokenizer, features, str(tmp_path / 'zero'))
   assert targets.shape == (len(features), 2)
   np.testing.assert_allclose(targets, distill.soften(probs, 2.0), rtol=1e-5)
   cached[0].write_bytes(b'not a zip')  # an unreadable cache is a miss, then rewritten
   np.testing.assert_array_equal(
-      teachers.soft_targets(config, spec, tokenizer, features, str(tmp_path / 'zero')), targets)
+      teachers.soft_targets(config, spec, Classification(), tokenizer, features, str(tmp_path / 'zero')), targets)
   np.testing.assert_allclose(np.load(cached[0])['outputs'], probs, rtol=1e-6)
 
   # alpha 1: the labels are unused and the run differs. A resumed run, and one with
