@@ -100,8 +100,8 @@ def _row_weights(batch: dict) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftTargets:
-  """The soft loss against precomputed targets in `batch['teacher']` (cached teachers)."""
+class _SoftLoss:
+  """Fields and row count shared by the soft-target terms (the mean is over real rows)."""
   objective: Any
   temperature: float = 1.0
   weight: float = 1.0
@@ -111,6 +111,11 @@ class SoftTargets:
 
   def count(self, batch: dict) -> jax.Array:
     return _row_weights(batch).sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftTargets(_SoftLoss):
+  """The soft loss against precomputed targets in `batch['teacher']` (cached teachers)."""
 
   def __call__(self, student, teachers, batch):
     del teachers
@@ -120,17 +125,8 @@ class SoftTargets:
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherSoftTargets:
+class TeacherSoftTargets(_SoftLoss):
   """The soft loss against frozen teachers run in the same step (their mean target)."""
-  objective: Any
-  temperature: float = 1.0
-  weight: float = 1.0
-  name: str = 'distill_loss'
-  needs: frozenset = frozenset()
-  teacher_needs: frozenset = frozenset()
-
-  def count(self, batch: dict) -> jax.Array:
-    return _row_weights(batch).sum()
 
   def __call__(self, student, teachers, batch):
     if not teachers:
