@@ -33,11 +33,15 @@ def from_dict(values: Mapping[str, Any]) -> Objective:
 
 
 def for_task(spec, pooling: str = 'cls', head_hidden: int = 0, head_activation: str = 'tanh',
-             head_dropout: float = 0.1) -> Objective:
-  """The objective of a registered task (`research.data.tasks.TaskSpec`)."""
+             head_dropout: float = 0.1, options: Mapping[str, Any] | None = None) -> Objective:
+  """The objective of a registered task (`research.data.tasks.TaskSpec`).
+
+  `options` holds trainer config fields; the kind takes those it lists in `options`.
+  """
   if spec.kind not in KINDS:
     raise ValueError(f'Task {spec.name!r} has kind {spec.kind!r}, which no objective '
                      f'implements; expected one of {sorted(KINDS)}')
   cls = KINDS[spec.kind]
+  own = {k: v for k, v in (options or {}).items() if k in cls.options}
   return cls(**cls.labels_for(spec), pooling=pooling, head_hidden=head_hidden,
-             head_activation=head_activation, head_dropout=head_dropout)
+             head_activation=head_activation, head_dropout=head_dropout, **own)

@@ -48,6 +48,8 @@ class Objective:
     head_dropout: dropout before the output layer.
   """
   kind: ClassVar[str] = ''
+  # Trainer config fields this kind reads as its own fields (e.g. 'token_loss').
+  options: ClassVar[tuple[str, ...]] = ()
   # Whether outputs of several runs can be averaged (ensembles, teacher targets).
   supports_ensemble: ClassVar[bool] = False
 
@@ -70,6 +72,10 @@ class Objective:
            deterministic: bool) -> tuple[Any, jax.Array]:
     """(outputs, the features the head read), built inside TaskModel's scope."""
     raise NotImplementedError
+
+  def with_train_statistics(self, features: Sequence[dict]) -> 'Objective':
+    """The objective with constants its loss takes from the train features (default: none)."""
+    return self
 
   # -- training ------------------------------------------------------------------
   def loss(self, outputs, batch: dict) -> tuple[jax.Array, jax.Array]:

@@ -17,7 +17,8 @@ def build_model(config, spec: tasks.TaskSpec, encoder_config: EncoderConfig) -> 
   """The task model a config describes (encoder + layer mix + the task's objective)."""
   objective = objectives.for_task(spec, pooling=config.pooling, head_hidden=config.head_hidden,
                                   head_activation=config.get('head_activation', 'tanh'),
-                                  head_dropout=config.dropout)
+                                  head_dropout=config.dropout,
+                                  options={'token_loss': config.get('token_loss', 'batch')})
   return TaskModel(encoder_config, objective, layer_mix=config.layer_mix)
 
 

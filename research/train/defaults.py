@@ -30,6 +30,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.pooling = 'cls'
   c.head_hidden = 0
   c.head_activation = 'tanh'  # of the head's hidden dense: 'tanh' | 'relu' | 'gelu'
+  # Tagging: normalise the token loss by the batch's labelled tokens ('batch') or by a
+  # constant from the train set ('fixed'; see research/objectives/tagging.py).
+  c.token_loss = 'batch'
   c.dropout = 0.1
   c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
   c.freeze = 'full'

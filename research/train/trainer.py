@@ -164,11 +164,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   if config.max_length > encoder_config.max_length:
     raise ValueError(f'config.max_length={config.max_length} exceeds the position table of '
                      f'the model ({encoder_config.max_length} positions)')
-  model = build_model(config, spec, encoder_config)
-  objective = model.objective
-  if jax.process_index() == 0:  # the run folder holds its architecture and tokenizer
-    saved_runs.write_model(workdir, model)
-    saved_runs.save_tokenizer(workdir, tokenizer)
 
   # -- Data ------------------------------------------------------------------------
   accumulate = config.optimizer.get('accumulate_steps', 1)
@@ -176,6 +171,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
                                               config.train_examples, training=True)
   eval_examples, eval_features = load_split(config, spec, tokenizer, config.eval_split,
                                             config.eval_examples)
+  model = build_model(config, spec, encoder_config)
+  model = model.clone(objective=model.objective.with_train_statistics(train_features))
+  objective = model.objective
+  if jax.process_index() == 0:  # the run folder holds its architecture and tokenizer
+    saved_runs.write_model(workdir, model)
+    saved_runs.save_tokenizer(workdir, tokenizer)
   # One batch per optimizer update: accumulate_steps micro-batches of batch_size.
   train_iter = BatchIterator(
       train_features, config.batch_size * accumulate, max_length=config.max_length,

@@ -213,7 +213,8 @@ def test_accumulation_equals_one_large_batch(config, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_accumulation_weighs_micro_batches_by_their_tokens():
+@pytest.mark.parametrize('token_loss', ['batch', 'fixed'])
+def test_accumulation_weighs_micro_batches_by_their_tokens(token_loss):
   """Tagging: micro-batches with different labelled-token counts still equal the batch."""
   from research.models import EncoderConfig  # pylint: disable=g-import-not-at-top
   from research.models.heads import TaskModel  # pylint: disable=g-import-not-at-top
@@ -223,7 +224,8 @@ def test_accumulation_weighs_micro_batches_by_their_tokens():
   encoder = EncoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2,
                           intermediate_size=16, max_position_embeddings=16, hidden_dropout=0.0,
                           attention_dropout=0.0)
-  model = TaskModel(encoder, Tagging(num_labels=3, head_dropout=0.0))
+  model = TaskModel(encoder, Tagging(num_labels=3, head_dropout=0.0, token_loss=token_loss,
+                                     tokens_per_example=4.0))
   rng = np.random.default_rng(0)
   ids = jnp.asarray(rng.integers(1, 50, (4, 8)), jnp.int32)
   labels = rng.integers(0, 3, (4, 8))
