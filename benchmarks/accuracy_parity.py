@@ -1,0 +1,228 @@
+r"""Accuracy parity: ours against transformers + PyTorch, same checkpoint, data, recipe, steps.
+
+    python benchmarks/accuracy_parity.py --task conll2003 --seeds 0,1          # 1 epoch
+    python benchmarks/accuracy_parity.py --task conll2003 --seeds 0,1 --epochs 3
+    python benchmarks/accuracy_parity.py --task sst2 --seeds 0,1 --max_length 64
+    python benchmarks/accuracy_parity.py --task mrpc --seeds 0,1
+    python benchmarks/accuracy_parity.py --task conll2003 --ours bucket_batches=0   # an ablation
+    python benchmarks/accuracy_parity.py --task sst2 --train_examples 2000 --seeds 0  # CPU slice
+
+Both sides see the same encoded features (our tokenization: labels on each word's
+first sub-token), the same number of optimizer steps of the same batch size, AdamW
+(lr, weight decay off biases and LayerNorm, eps 1e-8), clipping at 1.0, linear warmup
+and decay, dropout 0.1, the same max length, and are scored by the same metric code.
+
+* ours: `research.train.trainer.train_and_evaluate` at the project's default config for
+  the task (`experiments/configs/glue.py`, `conll.py`, `squad.py`: its pooling, bucketing
+  and so on), with only the shared recipe fields set here; `--ours key=value` overrides.
+* torch: `AutoModelFor{SequenceClassification,TokenClassification,QuestionAnswering}`
+  from the same checkpoint (a new head, what a transformers user would pick), random
+  batches (a fresh permutation each epoch, no length bucketing), `torch.optim.AdamW`,
+  `get_linear_schedule_with_warmup`, `clip_grad_norm_`, float32, 2 threads.
+
+Prints each side's dev metric per seed, their means, the difference and the seed
+spread; the last line is one JSON object
+{"task", "metric", "ours": [per seed], "torch": [per seed], "diff": mean(ours) - mean(torch), ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+THREADS = int(os.environ.get('BENCH_THREADS', '2'))
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from research import objectives  # pylint: disable=wrong-import-position
+from research.checkpoints import load_tokenizer, resolve  # pylint: disable=wrong-import-position
+from research.data import tasks  # pylint: disable=wrong-import-position
+from research.data.batching import BatchIterator  # pylint: disable=wrong-import-position
+from research.evaluate import gather  # pylint: disable=wrong-import-position
+from research.train.build import load_split  # pylint: disable=wrong-import-position
+
+
+def project_config(task: str, model: str):
+  """The project's default config for `task` (what `experiments.main` would run)."""
+  from experiments.configs import conll, glue, squad  # pylint: disable=g-import-not-at-top
+  if task == 'conll2003':
+    return conll.get_config(f'model={model}')
+  if task == 'squad':
+    return squad.get_config(f'model={model}')
+  return glue.get_config(f'task={task},model={model}')
+
+
+def shared_recipe(config, args, seed: int):
+  """Sets the fields both sides share; returns the config."""
+  config.seed = seed
+  config.batch_size, config.max_length = args.batch_size, args.max_length
+  config.num_epochs, config.total_steps = args.epochs, 0
+  config.train_examples, config.eval_examples = args.train_examples, args.eval_examples
+  config.dropout, config.dtype = 0.1, 'float32'
+  config.optimizer.learning_rate = args.lr
+  config.optimizer.warmup_ratio = args.warmup_ratio
+  config.optimizer.weight_decay = args.weight_decay
+  config.optimizer.clip_norm = 1.0
+  config.optimizer.schedule = 'linear'
+  config.eval_every, config.checkpoint_every = 0, 0
+  config.log_every = 100
+  if args.data_dir:
+    config.data_dir = args.data_dir
+  for item in args.ours:
+    key, _, value = item.partition('=')
+    target, name = config, key
+    if '.' in key:
+      outer, name = key.split('.', 1)
+      target = config[outer]
+    target[name] = type(target[name])(value) if not isinstance(target[name], bool) else (
+        value.lower() in ('1', 'true', 'yes'))
+  return config
+
+
+def run_ours(config, spec) -> tuple[float, float]:
+  from research.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  with tempfile.TemporaryDirectory() as workdir:
+    result = train_and_evaluate(config, workdir)
+  return result['final'][spec.main_metric], time.perf_counter() - t0
+
+
+def run_torch(config, spec, args) -> tuple[float, float]:
+  """transformers + PyTorch on the same features and recipe; returns (metric, seconds)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(THREADS)
+  torch.manual_seed(config.seed)
+  transformers.logging.set_verbosity_error()  # the expected 'classifier.* newly initialised'
+  t0 = time.perf_counter()
+  tokenizer = load_tokenizer(config.model)
+  _, train = load_split(config, spec, tokenizer, config.train_split, config.train_examples,
+                        training=True)
+  examples, dev = load_split(config, spec, tokenizer, config.eval_split, config.eval_examples)
+  objective = objectives.for_task(spec)
+  folder = str(resolve(config.model))
+  common = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+  if spec.kind == 'span':
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(folder, **common)
+  elif spec.kind == 'tagging':
+    model = transformers.AutoModelForTokenClassification.from_pretrained(
+        folder, num_labels=objective.num_labels, **common)
+  else:
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=objective.num_labels,
+        problem_type='regression' if spec.kind == 'regression' else None, **common)
+  no_decay = lambda n: n.endswith('bias') or 'LayerNorm' in n or 'layer_norm' in n
+  groups = [{'params': [p for n, p in model.named_parameters() if not no_decay(n)],
+             'weight_decay': config.optimizer.weight_decay},
+            {'params': [p for n, p in model.named_parameters() if no_decay(n)],
+             'weight_decay': 0.0}]
+  optimizer = torch.optim.AdamW(groups, lr=config.optimizer.learning_rate, eps=1e-8)
+  batches = BatchIterator(train, config.batch_size, max_length=config.max_length,
+                          pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
+                          bucket_batches=0, drop_remainder=True, num_epochs=None,
+                          pad_id=tokenizer.pad_token_id or 0)
+  total = config.num_epochs * len(batches)
+  warmup = int(round(config.optimizer.warmup_ratio * total))
+  scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+  tensor = lambda x, dtype=torch.long: torch.from_numpy(np.asarray(x)).to(dtype)
+  model.train()
+  for _ in range(total):
+    batch = next(batches)
+    inputs = {'input_ids': tensor(batch['input_ids']),
+              'attention_mask': tensor(batch['attention_mask'])}
+    if 'token_type_ids' in batch and model.config.model_type not in ('distilbert', 'roberta'):
+      inputs['token_type_ids'] = tensor(batch['token_type_ids'])
+    if spec.kind == 'span':
+      inputs['start_positions'] = tensor(batch['start_positions'])
+      inputs['end_positions'] = tensor(batch['end_positions'])
+    elif spec.kind == 'regression':
+      inputs['labels'] = tensor(batch['labels'], torch.float32)
+    else:
+      inputs['labels'] = tensor(batch['labels'])
+    loss = model(**inputs).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+  model.eval()
+
+  def predict(batch):
+    inputs = {'input_ids': tensor(batch['input_ids']),
+              'attention_mask': tensor(batch['attention_mask'])}
+    if 'token_type_ids' in batch and model.config.model_type not in ('distilbert', 'roberta'):
+      inputs['token_type_ids'] = tensor(batch['token_type_ids'])
+    with torch.no_grad():
+      out = model(**inputs)
+    if spec.kind == 'span':
+      return {'start': out.start_logits.numpy(), 'end': out.end_logits.numpy()}
+    logits = out.logits.numpy()
+    return logits[..., 0] if spec.kind == 'regression' else logits.argmax(-1)
+
+  outputs = gather.gather_outputs(predict, dev, config.eval_batch_size,
+                                  max_length=config.max_length,
+                                  pad_multiple=config.pad_multiple,
+                                  pad_id=tokenizer.pad_token_id or 0)
+  scores = objective.score(spec, examples, dev, outputs)
+  return scores[spec.main_metric], time.perf_counter() - t0
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--task', default='conll2003')
+  p.add_argument('--model', default='minilm-l6')
+  p.add_argument('--seeds', default='0,1')
+  p.add_argument('--epochs', type=int, default=1)
+  p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--max_length', type=int, default=128)
+  p.add_argument('--lr', type=float, default=1e-4)
+  p.add_argument('--warmup_ratio', type=float, default=0.06)
+  p.add_argument('--weight_decay', type=float, default=0.01)
+  p.add_argument('--train_examples', type=int, default=0, help='0 = the whole train split')
+  p.add_argument('--eval_examples', type=int, default=0)
+  p.add_argument('--data_dir', default=None)
+  p.add_argument('--sides', default='ours,torch')
+  p.add_argument('--ours', action='append', default=[], metavar='FIELD=VALUE',
+                 help='override a field of our config (repeatable), e.g. bucket_batches=0')
+  p.add_argument('--out', default=None, help='also write the JSON result here')
+  args = p.parse_args()
+  spec = tasks.get_task(args.task)
+  seeds = [int(s) for s in args.seeds.split(',')]
+  sides = args.sides.split(',')
+  results = {side: [] for side in sides}
+  seconds = {side: [] for side in sides}
+  for seed in seeds:
+    for side in sides:
+      config = shared_recipe(project_config(args.task, args.model), args, seed)
+      value, took = run_ours(config, spec) if side == 'ours' else run_torch(config, spec, args)
+      results[side].append(value)
+      seconds[side].append(took)
+      print(f'seed {seed} {side:>5}: {spec.main_metric} {value:.2f} ({took / 60:.1f} min)',
+            flush=True)
+  summary = {'task': args.task, 'metric': spec.main_metric, 'model': args.model,
+             'epochs': args.epochs, 'train_examples': args.train_examples, 'seeds': seeds,
+             'ours_overrides': args.ours}
+  for side in sides:
+    values = results[side]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    print(f'{side:>5}: mean {statistics.mean(values):.2f}, seed spread (std) {spread:.2f}, '
+          f'{statistics.mean(seconds[side]) / 60:.1f} min per run')
+    summary[side] = values
+    summary[f'{side}_minutes'] = [s / 60 for s in seconds[side]]
+  if {'ours', 'torch'} <= set(sides):
+    summary['diff'] = statistics.mean(results['ours']) - statistics.mean(results['torch'])
+    print(f'diff mean(ours) - mean(torch): {summary["diff"]:+.2f}')
+  line = json.dumps(summary)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(line + '\n')
+  print(line)
+
+
+if __name__ == '__main__':
+  main()
