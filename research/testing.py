@@ -108,3 +108,24 @@ def write_synthetic_data(root, seed: int = 0, sst2: int = 200, conll: int = 64,
     data = {'version': '1.1', 'data': [{'title': 'synthetic', 'paragraphs': paragraphs}]}
     (qa / name).write_text(json.dumps(data))
   return {'glue': str(root / 'glue'), 'root': str(root)}
+
+
+def write_synthetic_pairs(root, seed: int = 0, rows: int = 24) -> None:
+  """Adds tiny MRPC and STS-B folders (original GLUE TSV layouts) under `root/glue`."""
+  from pathlib import Path  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  glue = Path(root) / 'glue'
+  words = lambda: ' '.join(rng.choice(_FILLER, rng.integers(3, 9)))
+  for folder, header, label in (
+      ('MRPC', 'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String', lambda: int(rng.integers(0, 2))),
+      ('STS-B', 'index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t'
+       'sentence2\tscore', lambda: round(float(rng.uniform(0, 5)), 3))):
+    (glue / folder).mkdir(parents=True, exist_ok=True)
+    for name in ('train.tsv', 'dev.tsv'):
+      lines = [header]
+      for i in range(rows):
+        if folder == 'MRPC':
+          lines.append(f'{label()}\t{i}\t{i + 1000}\t{words()}\t{words()}')
+        else:
+          lines.append(f'{i}\tmain\tx\t2012\t{i}\tnone\tnone\t{words()}\t{words()}\t{label()}')
+      (glue / folder / name).write_text('\n'.join(lines) + '\n')

@@ -191,11 +191,60 @@ def load_pretrained(name: str | os.PathLike, *, dont_load: Sequence[str] = (),
   return config, convert(config, tensors, init_params, dont_load, ignore)
 
 
+# Files a slow tokenizer of each family is built from when there is no tokenizer.json.
+_VOCAB_FILES = {'bert': ('vocab.txt',), 'distilbert': ('vocab.txt',),
+                'roberta': ('vocab.json', 'merges.txt'), 'albert': ('spiece.model',)}
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int, where: str | os.PathLike) -> None:
+  """Raises CheckpointError when `tokenizer` cannot be the tokenizer of a model whose
+  embedding table has `vocab_size` rows.
+
+  More tokens than rows would index past the table. Far fewer means another vocabulary
+  (or a tokenizer built without its vocabulary file). Tables padded beyond the
+  tokenizer, as many checkpoints pad them to a multiple of 8 or 64, are normal: up to
+  max(128, 1 %) spare rows pass.
+  """
+  n = len(tokenizer)
+  if n > vocab_size:
+    raise CheckpointError(
+        f'The tokenizer of {where} has {n} tokens but the model\'s embedding table has '
+        f'{vocab_size} rows: ids >= {vocab_size} would index past it. Use the tokenizer '
+        'the checkpoint was trained with')
+  if n < vocab_size - max(128, vocab_size // 100):
+    raise CheckpointError(
+        f'The tokenizer of {where} has {n} tokens for a model with {vocab_size} embedding '
+        'rows: it is not this model\'s tokenizer (a missing or mismatched vocabulary '
+        'file?). Put the checkpoint\'s own tokenizer files (tokenizer.json, or the '
+        'vocabulary its config.json implies) in the folder')
+
+
 def load_tokenizer(name: str | os.PathLike):
-  """The fast tokenizer stored beside the checkpoint `name`."""
+  """The fast tokenizer stored beside the checkpoint `name`, checked against the model.
+
+  Raises:
+    CheckpointError: the folder's tokenizer files cannot build the tokenizer its
+      config.json names, or the tokenizer does not fit the model's embedding table.
+  """
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
   folder = hub.resolve(name)
-  tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+  hf = json.loads((folder / 'config.json').read_text())
+  model_type = hf.get('model_type')
+  needed = _VOCAB_FILES.get(model_type, ())
+  if not (folder / 'tokenizer.json').is_file() and needed and not all(
+      (folder / f).is_file() for f in needed):
+    present = sorted(p.name for p in folder.iterdir() if p.is_file())
+    raise CheckpointError(
+        f'{folder} has no tokenizer.json and lacks {[f for f in needed if not (folder / f).is_file()]}'
+        f', which a {model_type} tokenizer is built from (files there: {present}); '
+        'add the checkpoint\'s tokenizer files')
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+  except Exception as e:  # transformers raises many types for unreadable tokenizer files
+    raise CheckpointError(f'Cannot build the tokenizer of {folder}: {type(e).__name__}: {e}') from e
   if not tokenizer.is_fast:
     raise ValueError(f'{folder} has no fast tokenizer (tokenizer.json)')
+  vocab_size = hf.get('vocab_size')
+  if vocab_size:
+    check_tokenizer_fits(tokenizer, int(vocab_size), folder)
   return tokenizer

@@ -55,7 +55,34 @@ def load_examples(task: Union[str, tasks.TaskSpec], split: str,
     raise MissingDataError(
         f'{NO_DATA} (task {spec.name!r}, split {split!r}, TFDS '
         f'{spec.tfds_name!r} failed with {type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else ""})') from e
+        f'{str(e).splitlines()[0] if str(e) else ""}){tfds_hint(spec, e)}') from e
+
+
+_NETWORK_WORDS = ('resolve', 'max retries', 'network', 'connection', 'timed out',
+                  'name or service', 'unreachable', 'download')
+
+
+def tfds_hint(spec: tasks.TaskSpec, error: BaseException) -> str:
+  """The true cause of a TFDS failure and its fix, as a sentence ('' if unknown).
+
+  Without TensorFlow, TFDS cannot register or prepare most builders, so whatever
+  import or attribute error surfaced on the way, the fix is the `tfds` extra.
+  """
+  if not tfds_source.has_tensorflow():
+    return ('. TFDS needs TensorFlow to prepare and read this dataset, and it is not '
+            "installed: pip install -e '.[tfds]' (TensorFlow CPU), or use the local "
+            'files with --config.data_dir=FOLDER')
+  if isinstance(error, ImportError):
+    return (f'. A module TFDS needs is missing ({error.name or error}): '
+            "pip install -e '.[tfds]'")
+  text = f'{type(error).__name__} {error}'.lower()
+  if isinstance(error, (ConnectionError, TimeoutError)) or any(
+      word in text for word in _NETWORK_WORDS):
+    return (f'. TFDS could not download {spec.tfds_name!r} (no network?). Prepare it '
+            f'where there is network (tfds build {spec.tfds_name} --data_dir=DIR), then '
+            'pass --config.data_source=tfds --config.data_dir=DIR; or pass a folder of '
+            f'the original files ({spec.folder}/...) with --config.data_dir=FOLDER')
+  return 
 
 
 def default_data_dir(task_folder: str = 'glue') -> str:

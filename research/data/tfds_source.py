@@ -1,7 +1,10 @@
 """Reads a task split through TensorFlow Datasets, in the local readers' schema.
 
 `tensorflow_datasets` is imported inside the functions, so the rest of
-`research.data` works without it. Two TFDS access paths are supported:
+`research.data` works without it. TFDS needs TensorFlow to register, download and
+prepare GLUE, CoNLL-2003 and SQuAD: install the project's `tfds` extra
+(`pip install -e '.[tfds]'`: TensorFlow CPU and `importlib_resources`). Two TFDS
+access paths are supported:
 
   * 'tf': `tfds.load(...)` + `tfds.as_numpy` (needs TensorFlow; reads datasets
     prepared in the default TFRecord format);
@@ -58,7 +61,8 @@ def import_tfds():
   return tfds
 
 
-def _has_tensorflow() -> bool:
+def has_tensorflow() -> bool:
+  """Whether TensorFlow is importable (TFDS needs it to prepare most datasets)."""
   return importlib.util.find_spec('tensorflow') is not None
 
 
@@ -70,7 +74,7 @@ def _records(spec: tasks.TaskSpec, split: str, data_dir: Optional[str],
   tfds = import_tfds()
   tfds_split = spec.tfds_split(split)
   if reader == 'auto':
-    reader = 'tf' if _has_tensorflow() else 'data_source'
+    reader = 'tf' if has_tensorflow() else 'data_source'
   if reader == 'tf':
     dataset = tfds.load(spec.tfds_name, split=tfds_split, data_dir=data_dir,
                         download=download, shuffle_files=False)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.checkpoints import load_pretrained, load_tokenizer
+from research.checkpoints.hf_load import check_tokenizer_fits
 from research.data import tasks
 from research.data.batching import BatchIterator
 from research.train import averaging, evaluation, saved_runs, sharding
@@ -124,7 +125,9 @@ def load_source(config) -> tuple[Any, Any, Any]:
     saved_runs.checkpoint_step(folder, which)  # fails now, naming the folder, if absent
     logging.info('Starting from run %s (%s checkpoint); config.model=%s is not read',
                  folder, which, config.model)
-    return (saved_runs.run_tokenizer(folder), model.encoder.replace(**overrides), None)
+    tokenizer = saved_runs.run_tokenizer(folder)
+    check_tokenizer_fits(tokenizer, model.encoder.vocab_size, folder)
+    return tokenizer, model.encoder.replace(**overrides), None
   encoder_config, params = load_pretrained(config.model, **overrides)
   return load_tokenizer(config.model), encoder_config, params
 

@@ -106,3 +106,81 @@ def test_tf_reader():
     examples = tfds_source.read_tfds(tasks.get_task('qnli'), 'validation',
                                      reader='tf')
   assert len(examples) == 2 and isinstance(examples[0]['text_b'], str)
+
+
+def _records_of(spec, examples):
+  """TFDS records (feature names of the real builders) holding the local examples."""
+  if spec.kind == 'tagging':
+    return [{'tokens': np.array(e['tokens']), 'ner': np.array(e['tags'], np.int64),
+             'pos': np.zeros(len(e['tags']), np.int64),
+             'chunks': np.zeros(len(e['tags']), np.int64)} for e in examples]
+  if spec.kind == 'span':
+    return [{'id': e['id'], 'title': e['title'], 'question': e['question'],
+             'context': e['context'],
+             'answers': {'text': np.array(e['answers']['text']),
+                         'answer_start': np.array(e['answers']['answer_start'], np.int32)}}
+            for e in examples]
+  records = []
+  for e in examples:
+    record = {'idx': e['idx'], spec.text_fields[0]: e['text_a'],
+              'label': np.float32(e['label']) if spec.kind == 'regression' else e['label']}
+    if spec.is_pair:
+      record[spec.text_fields[1]] = e['text_b']
+    records.append(record)
+  return records
+
+
+@pytest.mark.parametrize('task', ['sst2', 'mrpc', 'stsb', 'conll2003', 'squad'])
+def test_tfds_load_path_gives_the_local_readers_examples(task, tmp_path):
+  """`tfds.load` (the 'tf' reader, TensorFlow installed) for each task kind: the same
+  examples as the local reader of the original files."""
+  tf = pytest.importorskip('tensorflow', reason='tfds.load needs TensorFlow')
+  from research.testing import write_synthetic_data, write_synthetic_pairs  # pylint: disable=g-import-not-at-top
+  data = write_synthetic_data(tmp_path, sst2=12, conll=8, squad=8)
+  write_synthetic_pairs(tmp_path, rows=6)
+  spec = tasks.get_task(task)
+  local = sources.load_examples(task, 'validation', data['glue'] if spec.columns
+                                else data['root'])
+  records = _records_of(spec, local)
+  seen = []
+
+  def as_dataset(builder, split=None, **kwargs):
+    del builder, kwargs
+    seen.append(split)
+    return tf.data.Dataset.from_generator(lambda: iter(records), output_signature=(
+        tf.nest.map_structure(lambda v: tf.TensorSpec(
+            [None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype if not isinstance(v, str)
+                                             else tf.string)), records[0])))
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    got = tfds_source.read_tfds(spec, 'validation', reader='tf')
+  assert seen == [spec.tfds_split('validation')]
+  if spec.kind == 'regression':  # TFDS stores STS-B scores as float32
+    assert [g['label'] for g in got] == pytest.approx([e['label'] for e in local], rel=1e-6)
+    got = [{**g, 'label': e['label']} for g, e in zip(got, local)]
+  assert got == local, (got[:1], local[:1])
+
+
+def test_tfds_errors_name_the_true_cause(monkeypatch):
+  """No TensorFlow -> the extra to install; no network -> the folder or flag to use."""
+  def fails(error):
+    def read(*args, **kwargs):
+      raise error
+    return read
+
+  monkeypatch.setattr(tfds_source, 'read_tfds', fails(ModuleNotFoundError(
+      "No module named 'importlib_resources'", name='importlib_resources')))
+  monkeypatch.setattr(tfds_source, 'has_tensorflow', lambda: False)
+  with pytest.raises(sources.MissingDataError, match=r"needs TensorFlow.*\.\[tfds\]"):
+    sources.load_examples('sst2', 'validation')
+  monkeypatch.setattr(tfds_source, 'has_tensorflow', lambda: True)
+  with pytest.raises(sources.MissingDataError, match=r"importlib_resources.*\.\[tfds\]"):
+    sources.load_examples('sst2', 'validation')
+  monkeypatch.setattr(tfds_source, 'read_tfds', fails(ConnectionError(
+      "HTTPSConnectionPool(host='dl.fbaipublicfiles.com'): Failed to resolve")))
+  with pytest.raises(sources.MissingDataError) as info:
+    sources.load_examples('conll2003', 'validation')
+  message = str(info.value)
+  assert "could not download 'conll2003' (no network?)" in message
+  assert '--config.data_source=tfds --config.data_dir=DIR' in message
+  assert 'conll2003/...' in message and '--config.data_dir=FOLDER' in message
