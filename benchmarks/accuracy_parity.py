@@ -84,11 +84,15 @@ def shared_recipe(config, args, seed: int):
   return config
 
 
-def run_ours(config, spec) -> tuple[float, float]:
+def run_ours(config, spec, workdir: str | None = None) -> tuple[float, float]:
+  """Our trainer; the run folder is kept in `workdir` when given (e.g. to score test)."""
   from research.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  with tempfile.TemporaryDirectory() as workdir:
+  if workdir:
     result = train_and_evaluate(config, workdir)
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      result = train_and_evaluate(config, tmp)
   return result['final'][spec.main_metric], time.perf_counter() - t0
 
 
@@ -190,6 +194,8 @@ def main():
   p.add_argument('--ours', action='append', default=[], metavar='FIELD=VALUE',
                  help='override a field of our config (repeatable), e.g. bucket_batches=0')
   p.add_argument('--out', default=None, help='also write the JSON result here')
+  p.add_argument('--keep_runs', default=None,
+                 help='keep our run folders here (<task>_s<seed>), e.g. to score the test split')
   args = p.parse_args()
   spec = tasks.get_task(args.task)
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -199,7 +205,12 @@ def main():
   for seed in seeds:
     for side in sides:
       config = shared_recipe(project_config(args.task, args.model), args, seed)
-      value, took = run_ours(config, spec) if side == 'ours' else run_torch(config, spec, args)
+      if side == 'ours':
+        workdir = (os.path.join(args.keep_runs, f'{args.task}_s{seed}') if args.keep_runs
+                   else None)
+        value, took = run_ours(config, spec, workdir)
+      else:
+        value, took = run_torch(config, spec, args)
       results[side].append(value)
       seconds[side].append(took)
       print(f'seed {seed} {side:>5}: {spec.main_metric} {value:.2f} ({took / 60:.1f} min)',
