@@ -245,3 +245,23 @@ def test_accumulation_weighs_micro_batches_by_their_tokens(token_loss):
     assert loss == pytest.approx(results[0][1], rel=1e-5)
     for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(got)):
       np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
+  """low_rank and share write runs that load, score and start the next run."""
+  from experiments import transform  # pylint: disable=g-import-not-at-top
+  trainer.train_and_evaluate(config(), tmp_path / 'base')
+  low = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'low'),
+                                'low_rank', rank=4, sites=r'layer_\d+/mlp/.*')
+  assert low['params_after'] < low['params_before'] and len(low['sites']) == 4
+  shared = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'shared'),
+                                   'share', parts='attention')
+  assert shared['params_after'] < shared['params_before']
+  for name in ('low', 'shared'):
+    run = saved_runs.load_run(str(tmp_path / name))
+    assert run.model.encoder != saved_runs.load_run(str(tmp_path / 'base'), 'latest').model.encoder
+    out = trainer.train_and_evaluate(config(init_from=str(tmp_path / name), total_steps=2,
+                                            eval_every=2, checkpoint_every=2),
+                                     tmp_path / f'{name}_ft')
+    assert np.isfinite(read_metrics(tmp_path / f'{name}_ft', 'train')[-1]['loss'])
+    assert out['params']['encoder'].keys() == run.params['encoder'].keys()
