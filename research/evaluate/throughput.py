@@ -14,22 +14,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import projections
 from research.models.config import EncoderConfig
+
+
+def _projection_macs(config: EncoderConfig, site: str, fan_in: int, fan_out: int) -> int:
+  """Multiply-adds per token of one projection, as its kind stores it (dense or low rank)."""
+  kind = projections.kind_at(config.projections, site)
+  if kind.startswith('low_rank:'):
+    return int(kind.split(':', 1)[1]) * (fan_in + fan_out)
+  return fan_in * fan_out
 
 
 def encoder_flops(config: EncoderConfig, batch: int, length: int) -> float:
   """Floating-point operations (2 per multiply-add) of one encoder forward pass.
 
-  Counts the matmuls (Q/K/V/output projections, attention scores and context, FFN),
-  which dominate; embeddings, LayerNorm, softmax and the pooler are left out.
+  Counts the matmuls (Q/K/V/output projections as their kinds store them, attention
+  scores and context, FFN), which dominate; embeddings, LayerNorm, softmax and the
+  pooler are left out.
   """
   tokens = batch * length
+  hidden = config.hidden_size
   total = 0.0
   for i in range(config.num_layers):
+    a, f = f'layer_{config.attention_set(i)}', f'layer_{config.ffn_set(i)}'
     inner = config.heads(i) * config.head_dim
-    total += 2 * tokens * config.hidden_size * inner * 4         # q, k, v, out
+    macs = sum(_projection_macs(config, f'{a}/attention/{name}', hidden, inner)
+               for name in ('query', 'key', 'value', 'out'))
+    macs += _projection_macs(config, f'{f}/mlp/intermediate', hidden, config.ffn(i))
+    macs += _projection_macs(config, f'{f}/mlp/output', config.ffn(i), hidden)
+    total += 2 * tokens * macs
     total += 2 * 2 * batch * config.heads(i) * length * length * config.head_dim
-    total += 2 * 2 * tokens * config.hidden_size * config.ffn(i)  # FFN in and out
   if config.embed_size != config.hidden_size:
     total += 2 * tokens * config.embed_size * config.hidden_size
   return total
