@@ -38,6 +38,11 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.dropout = 0.1
   c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
   c.freeze = 'full'
+  # Quantization-aware training: '' = off, else a spec such as 'w8,a8' or 'w4,a8,token'
+  # (research/transforms/quantize.py); quant_attention also fake-quantizes the attention
+  # score and context products.
+  c.quant = ''
+  c.quant_attention = False
   c.dtype = 'float32'
   c.seed = 0
   c.log_every = 50

@@ -42,7 +42,7 @@ from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
 from research.train.step import TaskLoss, init_state, make_train_step
-from research.transforms import distill, freeze
+from research.transforms import distill, freeze, quantize
 
 DISTILL_MODES = ('cached', 'in_step')
 
@@ -116,6 +116,14 @@ def load_source(config) -> tuple[Any, Any, Any]:
   """
   overrides = dict(dtype=config.dtype, hidden_dropout=config.dropout,
                    attention_dropout=config.dropout)
+  tokenizer, encoder_config, params = _source(config, overrides)
+  if config.get('quant'):  # QAT: the products of the model fake-quantize their operands
+    rules = quantize.qat_rules(config.quant, config.get('quant_attention', False))
+    encoder_config = encoder_config.replace(products=rules + encoder_config.products)
+  return tokenizer, encoder_config, params
+
+
+def _source(config, overrides: dict) -> tuple[Any, Any, Any]:
   if config.get('init_from'):
     folder, which = saved_runs.parse_ref(config.init_from)
     model = saved_runs.read_model(folder)

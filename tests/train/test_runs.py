@@ -265,3 +265,17 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
                                      tmp_path / f'{name}_ft')
     assert np.isfinite(read_metrics(tmp_path / f'{name}_ft', 'train')[-1]['loss'])
     assert out['params']['encoder'].keys() == run.params['encoder'].keys()
+
+
+def test_quantization_aware_training_is_a_config_of_the_same_trainer(config, tmp_path):
+  """--config.quant=w8,a8: the model's products fake-quantize; the run reloads as QAT."""
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  result = trainer.train_and_evaluate(config(quant='w8,a8'), tmp_path / 'qat')
+  described = json.loads((tmp_path / 'qat' / 'model.json').read_text())
+  assert ['.*', 'fake_quant:w8,a8'] in described['encoder']['products']
+  assert np.isfinite(read_metrics(tmp_path / 'qat', 'train')[-1]['loss'])
+  rescored = evaluate.score_runs([str(tmp_path / 'qat')], which='latest')
+  assert rescored['runs'][str(tmp_path / 'qat')]['accuracy'] == pytest.approx(
+      result['final']['accuracy'])
+  with pytest.raises(ValueError, match='quantization spec'):
+    trainer.train_and_evaluate(config(quant='int8'), tmp_path / 'bad')
