@@ -4,6 +4,8 @@ r"""Applies a structural transform to a saved run and writes the result as a new
         --transform low_rank --rank 64                    # or --energy 0.9
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_shared \
         --transform share --parts attention --groups 1
+    python -m experiments.transform --run runs/sst2:best --out runs/sst2_int8 \
+        --transform ptq --calibration mse --calibration_examples 512    # int8
     # then a short recovery fine-tune from the new run:
     python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
         --workdir runs/sst2_r64_ft --config.init_from=runs/sst2_r64 --config.num_epochs=1
@@ -23,10 +25,12 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from research.data.batching import BatchIterator
 from research.train import saved_runs
-from research.transforms import low_rank, share
+from research.train.build import load_split
+from research.transforms import low_rank, quantize, share
 
-TRANSFORMS = ('low_rank', 'share')
+TRANSFORMS = ('low_rank', 'share', 'ptq')
 
 
 def count(tree) -> int:
@@ -35,7 +39,8 @@ def count(tree) -> int:
 
 def transform_run(run_ref: str, out: str, transform: str, rank: int | None = None,
                   energy: float | None = None, sites: str = low_rank.PROJECTIONS,
-                  groups: int = 1, parts: str = 'all') -> dict[str, Any]:
+                  groups: int = 1, parts: str = 'all', calibration: str = 'max',
+                  calibration_examples: int = 512) -> dict[str, Any]:
   """Reads a run, applies `transform`, writes the new run; returns a summary."""
   folder, which = saved_runs.parse_ref(run_ref)
   run = saved_runs.load_run(folder, which)
@@ -48,6 +53,17 @@ def transform_run(run_ref: str, out: str, transform: str, rank: int | None = Non
                for r in reports]
   elif transform == 'share':
     config, params = share.share(encoder, run.params, groups=groups, parts=parts)
+  elif transform == 'ptq':  # calibrated on the first examples of the run's train split
+    tokenizer = saved_runs.run_tokenizer(folder, run.config)
+    _, features = load_split(run.config, run.spec, tokenizer, run.config.train_split,
+                             calibration_examples)
+    batches = BatchIterator(features, run.config.eval_batch_size,
+                            max_length=run.config.max_length,
+                            pad_multiple=run.config.pad_multiple, num_epochs=1,
+                            pad_id=tokenizer.pad_token_id or 0)
+    stats = quantize.calibrate(run.model, run.params, batches)
+    config, params = quantize.ptq(encoder, run.params, stats, calibration)
+    details = {'calibration': calibration, 'examples': len(features), 'sites': len(stats)}
   else:
     raise ValueError(f'transform must be one of {TRANSFORMS}, got {transform!r}')
   model = run.model.clone(encoder=config)
@@ -64,7 +80,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   summary = transform_run(f.run, f.out, f.transform, f.rank, f.energy, f.sites, f.groups,
-                          f.parts)
+                          f.parts, f.calibration, f.calibration_examples)
   print(json.dumps(summary, indent=2))
 
 
@@ -77,5 +93,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('sites', low_rank.PROJECTIONS, 'low_rank: regex over encoder sites.')
   flags.DEFINE_integer('groups', 1, 'share: groups of contiguous layers sharing one set.')
   flags.DEFINE_enum('parts', 'all', list(share.PARTS), 'share: what is shared.')
+  flags.DEFINE_enum('calibration', 'max', list(quantize.CALIBRATIONS),
+                    'ptq: activation clip from the max, 99.99th percentile or least MSE.')
+  flags.DEFINE_integer('calibration_examples', 512, 'ptq: train examples to calibrate on.')
   flags.mark_flags_as_required(['run', 'out', 'transform'])
   app.run(main)

@@ -102,6 +102,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, bias: jax.Array | None = None,
            out_dtype=None) -> jax.Array:
   """`jnp.einsum(spec, a, b) + bias`, accumulated in f32 when a and b are bf16/f16.
 
+  Two int8 operands accumulate in int32 (the integer inference path); the result is
+  int32 unless `out_dtype` says otherwise, and there is no gradient.
+
   Args:
     spec: a two-operand einsum; every index of one operand appears in the other or in
       the output (no index is summed within one operand alone).
@@ -110,6 +113,11 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, bias: jax.Array | None = None,
       float32 (it is added before the one cast to `out_dtype`).
     out_dtype: the result's dtype; defaults to a's dtype.
   """
+  if jnp.dtype(a.dtype) == jnp.int8 and jnp.dtype(b.dtype) == jnp.int8:
+    y = jnp.einsum(spec, a, b, preferred_element_type=jnp.int32)
+    if bias is not None:
+      y = y + bias.astype(y.dtype)
+    return y.astype(out_dtype or jnp.int32)
   out_dtype = jnp.dtype(out_dtype or a.dtype)
   if jnp.dtype(a.dtype) in _LOW and a.dtype == b.dtype:
     _parse(spec)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from research.models import mixed_matmul, products
+from research.models import mixed_matmul, products, projections
 
 # Sites that multiply two activations.
 ATTENTION_PRODUCTS = r'.*/attention/(scores|context)'
@@ -144,3 +147,141 @@ def qat_rules(spec: str, attention: bool = False) -> tuple[tuple[str, str], ...]
   QuantSpec.parse(spec)  # fail now on a bad spec
   attention_rule = (ATTENTION_PRODUCTS, f'fake_quant_act:{spec}' if attention else 'default')
   return (attention_rule, ('.*', f'fake_quant:{spec}'))
+
+
+# -- Post-training quantization: calibration, int8 storage and the integer path ---------
+
+# The encoder projections PTQ converts (paths inside the encoder).
+PTQ_SITES = r'layer_\d+/(attention/(query|key|value|out)|mlp/(intermediate|output))'
+CALIBRATIONS = ('max', 'percentile', 'mse')
+_OBSERVED: dict[str, list[dict]] = {}
+_MSE_GRID = np.linspace(0.2, 1.0, 81)
+
+
+def _observe_product(site: str) -> products.Product:
+  """The default product, which also reports statistics of its input (`calibrate`)."""
+  def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
+    x = jnp.abs(lhs.astype(jnp.float32)).reshape(-1)
+    top = jnp.max(x)
+    # MSE-optimal clipping: the 8-bit symmetric grid's squared error at candidate clips.
+    clips = top * _MSE_GRID
+    scales = jnp.where(clips > 0, clips / 127.0, 1.0)
+    errors = jax.vmap(lambda s: jnp.mean(jnp.square(
+        jnp.clip(jnp.round(x / s), -127, 127) * s - x)))(scales)
+    stats = {'max': top, 'percentile': jnp.quantile(x, 0.9999),
+             'mse': clips[jnp.argmin(errors)]}
+    jax.debug.callback(lambda s: _OBSERVED.setdefault(site, []).append(
+        {k: float(v) for k, v in s.items()}), stats)
+    return products.default(einsum, lhs, rhs, bias=bias, out_dtype=out_dtype)
+  return product
+
+
+products.register('observe', _observe_product)
+
+
+def calibrate(model, params, batches, sites: str = PTQ_SITES) -> dict[str, dict[str, float]]:
+  """Statistics of each projection's input over `batches` (a TaskModel or an Encoder).
+
+  Per site: 'max' (largest |x|), 'percentile' (the 99.99th percentile of |x|) and
+  'mse' (the clip whose 8-bit grid has the least squared error), each averaged over
+  batches except 'max' (the maximum). Batches are dicts with 'input_ids',
+  'attention_mask' and optional 'token_type_ids'.
+  """
+  params = nn.meta.unbox(params)
+  task = hasattr(model, 'objective')
+  config = model.encoder if task else model.config
+  ids = jnp.zeros((1, 4), jnp.int32)
+  with products.recording() as found:
+    jax.eval_shape(lambda: model.apply({'params': params}, ids, jnp.ones_like(ids)))
+  prefix = 'encoder/' if task else ''
+  chosen = sorted({s for s, _ in found if re.fullmatch(prefix + sites, s)})
+  rules = tuple((re.escape(s), f'observe:{s}') for s in chosen) + config.products
+  observed = config.replace(products=rules)
+  observing = model.clone(**({'encoder': observed} if task else {'config': observed}))
+  forward = jax.jit(lambda p, b: observing.apply(
+      {'params': p}, b['input_ids'], b['attention_mask'], b.get('token_type_ids'))[0])
+  _OBSERVED.clear()
+  for batch in batches:
+    jax.block_until_ready(forward(params, batch))
+  jax.effects_barrier()
+  stats = {}
+  for site in chosen:
+    rows = _OBSERVED.get(site, [])
+    if not rows:
+      raise ValueError(f'calibration saw no input at {site}')
+    stats[site[len(prefix):]] = {'max': max(r['max'] for r in rows),
+                                 'percentile': float(np.mean([r['percentile'] for r in rows])),
+                                 'mse': float(np.mean([r['mse'] for r in rows]))}
+  _OBSERVED.clear()
+  return stats
+
+
+class Int8(projections.Projection):
+  """An int8 kernel with per-output-channel scales and a static input scale.
+
+  Params: 'qkernel' int8 [in axes..., out axes...], 'kernel_scale' float32 [out axes...],
+  'input_scale' float32 [], 'bias'. The input is quantized once (round(x / s), clipped
+  to +-127; XLA fuses that into the op producing x), multiplied int8 x int8 -> int32 by
+  the site's product, and rescaled by input_scale * kernel_scale. With `integer=False`
+  the same quantized values are multiplied in float32 (the fake-quantized reference).
+  """
+  integer: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    contracted, _ = projections.kernel_axes_split(self.spec)
+    n_in = len(contracted)
+    qkernel = self.param('qkernel', nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), self.kernel_axes), self.kernel_shape, jnp.int8)
+    kernel_scale = self.param('kernel_scale', nn.with_logical_partitioning(
+        nn.initializers.ones_init(), self.kernel_axes[n_in:]), self.kernel_shape[n_in:],
+                              jnp.float32)
+    input_scale = self.param('input_scale', nn.initializers.ones_init(), (), jnp.float32)
+    bias = self.bias_param()
+    xq = jnp.clip(jnp.round(x.astype(jnp.float32) / input_scale), -127, 127)
+    if self.integer:
+      y = self.product()(self.spec, xq.astype(jnp.int8), qkernel, out_dtype=jnp.int32)
+    else:
+      y = self.product()(self.spec, xq, qkernel.astype(jnp.float32), out_dtype=jnp.float32)
+    y = y.astype(jnp.float32) * (input_scale * kernel_scale)
+    if bias is not None:
+      y = y + bias.astype(jnp.float32)
+    return y.astype(self.out_dtype or self.dtype)
+
+
+projections.register('int8', lambda arg: {'cls': Int8, 'integer': arg != 'simulate'})
+
+
+def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, float]],
+        method: str = 'max') -> tuple[Any, dict]:
+  """Converts calibrated projections to int8 storage: (config, params).
+
+  Args:
+    config: the encoder's config.
+    params: the encoder's params, or a TaskModel's (with an 'encoder' entry).
+    stats: `calibrate`'s statistics, by encoder site.
+    method: the activation clip: 'max', 'percentile' (99.99th) or 'mse'.
+
+  Kernels get symmetric per-output-channel int8 values; each site's input a static
+  per-tensor scale clip / 127. The new config names those sites `int8`.
+  """
+  if method not in CALIBRATIONS:
+    raise ValueError(f'method must be one of {CALIBRATIONS}, got {method!r}')
+  params = nn.meta.unbox(params)
+  task = 'encoder' in params
+  flat = flax.traverse_util.flatten_dict(params['encoder'] if task else params, sep='/')
+  rules = []
+  for site, site_stats in sorted(stats.items()):
+    kernel = np.asarray(flat.pop(f'{site}/kernel'), np.float32)
+    n_in = 2 if site.endswith('attention/out') else 1
+    reduce = tuple(range(n_in))
+    scale = np.abs(kernel).max(axis=reduce) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    flat[f'{site}/qkernel'] = np.clip(np.round(kernel / scale), -127, 127).astype(np.int8)
+    flat[f'{site}/kernel_scale'] = scale
+    clip = site_stats[method] if site_stats[method] > 0 else 1.0
+    flat[f'{site}/input_scale'] = np.asarray(clip / 127.0, np.float32)
+    rules.append((f'(.*/)?{re.escape(site)}', 'int8'))
+  encoder = flax.traverse_util.unflatten_dict(flat, sep='/')
+  new_config = config.replace(projections=tuple(rules) + tuple(config.projections))
+  return new_config, ({**params, 'encoder': encoder} if task else encoder)

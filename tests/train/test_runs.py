@@ -257,6 +257,13 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   shared = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'shared'),
                                    'share', parts='attention')
   assert shared['params_after'] < shared['params_before']
+  int8 = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'int8'), 'ptq',
+                                 calibration='mse', calibration_examples=32)
+  assert int8['sites']['sites'] == 12
+  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  scores = evaluate.score_runs([str(tmp_path / 'base'), str(tmp_path / 'int8')], 'latest')
+  base_acc = scores['runs'][str(tmp_path / 'base')]['accuracy']
+  assert abs(scores['runs'][str(tmp_path / 'int8')]['accuracy'] - base_acc) <= 10.0
   for name in ('low', 'shared'):
     run = saved_runs.load_run(str(tmp_path / name))
     assert run.model.encoder != saved_runs.load_run(str(tmp_path / 'base'), 'latest').model.encoder

@@ -62,3 +62,64 @@ def test_qat_rules_quantize_projections_and_optionally_attention():
   assert dict(sites)['layer_1/attention/context'] == 'fake_quant_act:w8,a8'
   with pytest.raises(ValueError, match="unknown part 'x8'"):
     quantize.qat_rules('w8,x8')
+
+
+def _batches(n=3, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(n):
+    ids = jnp.asarray(rng.integers(1, 50, (4, 12)), jnp.int32)
+    yield {'input_ids': ids, 'attention_mask': jnp.ones_like(ids)}
+
+
+def test_calibration_statistics_of_every_projection_input():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  stats = quantize.calibrate(Encoder(CONFIG), params, _batches())
+  assert len(stats) == 2 * 6
+  for site in ('layer_0/attention/query', 'layer_1/mlp/output'):
+    s = stats[site]
+    assert 0 < s['percentile'] <= s['max'] and 0.2 * s['max'] - 1e-6 <= s['mse'] <= s['max']
+  # Q, K and V read the same input.
+  assert stats['layer_0/attention/query'] == stats['layer_0/attention/value']
+
+
+@pytest.mark.parametrize('method', ['max', 'percentile', 'mse'])
+def test_int8_path_matches_its_fake_quantized_reference(method):
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  ids = next(_batches(1, seed=5))['input_ids']
+  stats = quantize.calibrate(Encoder(CONFIG), params, _batches())
+  config, qparams = quantize.ptq(CONFIG, params, stats, method)
+  assert qparams['layer_0']['mlp']['output']['qkernel'].dtype == np.int8
+  assert 'kernel' not in qparams['layer_0']['mlp']['output']
+  integer, _ = Encoder(config).apply({'params': qparams}, ids)
+  simulated_config = config.replace(projections=tuple(
+      (site, 'int8:simulate') for site, _ in config.projections))
+  simulated, _ = Encoder(simulated_config).apply({'params': qparams}, ids)
+  # int32 accumulation is exact; the float reference rounds: equal to float32 precision.
+  np.testing.assert_allclose(integer, simulated, atol=1e-4)
+  dense, _ = Encoder(CONFIG).apply({'params': params}, ids)
+  cosine = np.mean((np.asarray(integer) * np.asarray(dense)).sum(-1) / np.linalg.norm(
+      integer, axis=-1) / np.linalg.norm(dense, axis=-1))
+  assert cosine > 0.99
+
+
+def test_int8_runs_save_int8_on_disk(tmp_path):
+  from research.models.heads import TaskModel  # pylint: disable=g-import-not-at-top
+  from research.objectives import Classification  # pylint: disable=g-import-not-at-top
+  from research.train import saved_runs  # pylint: disable=g-import-not-at-top
+  model = TaskModel(CONFIG, Classification(num_labels=2))
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))['params']
+  stats = quantize.calibrate(model, params, _batches())
+  config, qparams = quantize.ptq(CONFIG, params, stats)
+  from research.train.defaults import trainer_defaults  # pylint: disable=g-import-not-at-top
+  saved_runs.write_run(str(tmp_path / 'float'), model, params, config=trainer_defaults())
+  saved_runs.write_run(str(tmp_path / 'int8'), model.clone(encoder=config), qparams,
+                       config=trainer_defaults())
+  run = saved_runs.load_run(str(tmp_path / 'int8'))
+  assert run.params['encoder']['layer_1']['attention']['key']['qkernel'].dtype == np.int8
+  size = lambda d: sum(p.stat().st_size for p in (tmp_path / d / 'best').rglob('*') if p.is_file())
+  # Each projection weight takes 1 byte instead of 4 (orbax's metadata is the same).
+  projection_weights = 2 * (4 * 32 * 32 + 2 * 32 * 64)
+  assert size('float') - size('int8') > 0.5 * 3 * projection_weights
+  out, _ = run.model.apply({'params': run.params}, ids, jnp.ones_like(ids))
+  assert np.isfinite(np.asarray(out)).all()
