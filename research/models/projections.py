@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.models import products
 
@@ -105,6 +106,12 @@ class Projection(nn.Module):
     contracted, free = kernel_axes_split(self.spec)
     return len(contracted), len(free)
 
+  @staticmethod
+  def dense_params(params: dict) -> dict:
+    """This kind's stored params as a dense projection's {'kernel'[, 'bias']} (numpy);
+    what the dense kernel cannot hold (an activation grid, say) is dropped."""
+    return dict(params)
+
   def bias_param(self) -> Array | None:
     if not self.use_bias:
       return None
@@ -157,6 +164,12 @@ class LowRank(Projection):
     return product(f'{mid},{r}{free}->{out_idx}', h, cast(b, self.dtype), bias=bias,
                    out_dtype=self.out_dtype or self.dtype)
 
+  @staticmethod
+  def dense_params(params: dict) -> dict:
+    kernel = np.tensordot(np.asarray(params['a'], np.float32),
+                          np.asarray(params['b'], np.float32), axes=1)
+    return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
+
 
 _KINDS: dict[str, Callable[[str], dict]] = {
     'dense': lambda arg: {'cls': Dense},
@@ -202,6 +215,37 @@ def make(rules: Rules, site: str, **fields: Any) -> Projection:
     raise ValueError(f'{site}: bad projection spec {spec!r}: {e}') from e
   cls = extra.pop('cls')
   return cls(**fields, **extra)
+
+
+def kind_class(spec: str) -> type[Projection]:
+  """The module class of a kind spec such as 'low_rank:64'."""
+  name, _, argument = spec.partition(':')
+  if name not in _KINDS:
+    raise ValueError(f'unknown projection kind {spec!r}; registered: {sorted(_KINDS)}')
+  return _KINDS[name](argument)['cls']
+
+
+def densify(rules: Rules, params: Mapping[str, Any]) -> dict:
+  """Params with every non-dense projection converted to a dense kernel and bias.
+
+  Args:
+    rules: the projection rules the params were built under.
+    params: a params tree whose paths are the sites the rules match (an encoder's, or a
+      model's holding the encoder, as the model was applied).
+
+  Used where only dense kernels can go (a Hugging Face folder); pair it with the rules
+  emptied: `config.replace(projections=())`.
+  """
+  def walk(tree, path):
+    if not isinstance(tree, Mapping):
+      return tree
+    site = '/'.join(path)
+    spec = kind_at(rules, site) if path else 'dense'
+    if spec != 'dense' and 'kernel' not in tree and not any(
+        isinstance(v, Mapping) for v in tree.values()):
+      return kind_class(spec).dense_params(dict(tree))
+    return {k: walk(v, path + [k]) for k, v in tree.items()}
+  return walk(nn.meta.unbox(params), [])
 
 
 def site_of(parent: nn.Module, name: str) -> str:

@@ -35,6 +35,7 @@ from research import objectives
 from research.checkpoints import hf_heads, hub, load_tokenizer
 from research.checkpoints.hf_load import read_config
 from research.data import tasks
+from research.models import projections
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
 from research.train import build, evaluation
@@ -308,10 +309,16 @@ def export_run(workdir: str, folder: str, which: str = 'best', pad: bool = True)
   `hf_export.pad_pruned`), or with `pad=False` written as `pruned_heads` (transformers
   < 5). What transformers cannot express (per-layer FFN widths without padding,
   cross-layer sharing outside ALBERT, a head on a layer mix or another pooling than the
-  family's) is a ValueError naming why.
+  family's) is a ValueError naming why. Compressed projections are written as the dense
+  kernels they stand for (low-rank factors multiplied out, int8 values dequantized; an
+  int8 run's static activation grids are not representable and are dropped).
   """
   run = load_run(workdir, which)
+  model, params = run.model, run.params
+  if model.encoder.projections:  # low-rank, int8, ...: written as their dense kernels
+    params = projections.densify(model.encoder.projections, params)
+    model = model.clone(encoder=model.encoder.replace(projections=()))
   tokenizer = os.path.join(run.workdir, TOKENIZER_DIR)
-  hf_heads.export_task_model(run.model, run.params, folder, run.spec.label_names or None,
+  hf_heads.export_task_model(model, params, folder, run.spec.label_names or None,
                              tokenizer if os.path.isdir(tokenizer) else run.config.model, pad)
   return folder

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
+from research.models import projections
 from research.train import saved_runs, trainer
 from research.train.defaults import trainer_defaults
 from research.train.metric_writer import read_metrics
@@ -250,7 +251,7 @@ def test_accumulation_weighs_micro_batches_by_their_tokens(token_loss):
 def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   """low_rank and share write runs that load, score and start the next run."""
   from experiments import transform  # pylint: disable=g-import-not-at-top
-  trainer.train_and_evaluate(config(), tmp_path / 'base')
+  trainer.train_and_evaluate(config(pooling='pooler'), tmp_path / 'base')
   low = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'low'),
                                 'low_rank', rank=4, sites=r'layer_\d+/mlp/.*')
   assert low['params_after'] < low['params_before'] and len(low['sites']) == 4
@@ -264,6 +265,27 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   scores = evaluate.score_runs([str(tmp_path / 'base'), str(tmp_path / 'int8')], 'latest')
   base_acc = scores['runs'][str(tmp_path / 'base')]['accuracy']
   assert abs(scores['runs'][str(tmp_path / 'int8')]['accuracy'] - base_acc) <= 10.0
+  # Compressed runs export as the dense kernels they stand for; transformers loads them.
+  transformers = pytest.importorskip('transformers')
+  torch = pytest.importorskip('torch')
+  ids = np.random.default_rng(0).integers(1000, 2000, (2, 9))
+  mask = np.ones_like(ids)
+  for name in ('low', 'int8'):
+    run = saved_runs.load_run(str(tmp_path / name))
+    saved_runs.export_run(str(tmp_path / name), str(tmp_path / f'{name}_hf'))
+    reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(tmp_path / f'{name}_hf'), output_loading_info=True)
+    assert not info['missing_keys'] and not info['unexpected_keys'], info
+    with torch.no_grad():
+      ref = reloaded.eval()(input_ids=torch.from_numpy(ids),
+                            attention_mask=torch.from_numpy(mask)).logits.numpy()
+    dense = run.model.clone(encoder=run.model.encoder.replace(projections=()))
+    expected, _ = dense.apply({'params': projections.densify(
+        run.model.encoder.projections, run.params)}, ids, mask)
+    np.testing.assert_allclose(expected, ref, atol=1e-4)
+    if name == 'low':  # the factors' product is exact: the run's own logits
+      np.testing.assert_allclose(run.model.apply({'params': run.params}, ids, mask)[0], ref,
+                                 atol=1e-4)
   for name in ('low', 'shared'):
     run = saved_runs.load_run(str(tmp_path / name))
     assert run.model.encoder != saved_runs.load_run(str(tmp_path / 'base'), 'latest').model.encoder
