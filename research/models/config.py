@@ -51,8 +51,8 @@ class EncoderConfig:
       final LayerNorm 'final_norm' after the last layer, as GPT-2).
     embedding_norm: LayerNorm on the embedding output (BERT family yes, GPT-2 no).
     causal: each token attends only to itself and earlier tokens (decoders).
-    fuse_qkv: run Q, K and V as one product where all three are plain dense
-      projections with one product (faster on CPU; an interceptor such as qwix then
+    fuse_qkv: run Q, K and V as one product where all three are projections of one
+      kind that can fuse (`dense`, `int8`) under one product (faster on CPU; an interceptor such as qwix then
       sees one product of a concatenated kernel, so turn it off for those).
     projections: rules ((site_regex, kind), ...) choosing how each projection stores
       its kernel (`projections.py`); unmatched sites are 'dense'.

@@ -170,7 +170,9 @@ class Attention(nn.Module):
   def _fusable(self, qkv) -> bool:
     cfg = self.config
     sites = [projections.site_of(self, name) for name in ('query', 'key', 'value')]
-    return (cfg.fuse_qkv and all(type(q) is projections.Dense for q in qkv)  # pylint: disable=unidiomatic-typecheck
+    kind = type(qkv[0])
+    return (cfg.fuse_qkv and hasattr(kind, 'fused')
+            and all(type(q) is kind for q in qkv)  # pylint: disable=unidiomatic-typecheck
             and len({products.spec_at(cfg.products, s) for s in sites}) == 1)
 
   @nn.compact
@@ -186,17 +188,11 @@ class Attention(nn.Module):
       return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None, None
 
     if self._fusable(qkv):
-      # One matmul for Q, K and V, as a plain 2-D product: kernel [hidden, 3 * heads * d],
+      # One matmul for Q, K and V (the projection kind's `fused`), as a plain 2-D product:
       # output [b, s, 3 * heads * d] -> [b, s, 3, heads, d]. Written with the (3, heads, d)
       # axes flattened so XLA:CPU cannot reorder them in the backward (it chose to
       # transpose the cotangent to [b, s, d, heads, 3], a 9 ms copy per layer).
-      weights = [p.weights() for p in qkv]
-      hidden = cfg.hidden_size
-      kernel = jnp.stack([k for k, _ in weights], axis=1).reshape(hidden, 3 * n * d)
-      bias3 = jnp.stack([b for _, b in weights]).reshape(3 * n * d)
-      product = [p.product() for p in qkv][0]  # one spec for all three sites (_fusable)
-      y = product('bsi,io->bso', x.astype(dtype), kernel.astype(dtype), bias=bias3,
-                  out_dtype=dtype)
+      y = type(qkv[0]).fused(qkv, x, dtype)
       y = y.reshape(*x.shape[:2], 3, n, d)
       # -> three [batch, heads, length, d]; split (not indexing) so the backward is one
       # concatenation instead of three pad-and-add passes.

@@ -130,6 +130,21 @@ class Dense(Projection):
                     self.param_dtype)
     return kernel, self.bias_param()
 
+  @staticmethod
+  def fused(modules: Sequence['Dense'], x: Array, out_dtype) -> Array:
+    """The products of several [in, out...] projections of one input x [b, s, in] as one
+    2-D product: [b, s, sum of their flattened outputs] (their sites share one product)."""
+    weights = [m.weights() for m in modules]
+    first = modules[0]
+    for m in modules[1:]:
+      m.product()  # each site is looked up (and recorded); they share one product
+    kernel = jnp.concatenate([k.reshape(k.shape[0], -1) for k, _ in weights], axis=1)
+    bias = None
+    if all(b is not None for _, b in weights):
+      bias = jnp.concatenate([b.reshape(-1) for _, b in weights])
+    return first.product()('bsi,io->bso', cast(x, first.dtype), cast(kernel, first.dtype),
+                           bias=bias, out_dtype=out_dtype)
+
   def __call__(self, x: Array) -> Array:
     kernel, bias = self.weights()
     return self.product()(self.spec, cast(x, self.dtype), cast(kernel, self.dtype),

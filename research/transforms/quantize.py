@@ -35,6 +35,8 @@ import numpy as np
 
 from research.models import mixed_matmul, products, projections
 
+Array = jax.Array
+
 # Sites that multiply two activations.
 ATTENTION_PRODUCTS = r'.*/attention/(scores|context)'
 
@@ -232,25 +234,51 @@ class Int8(projections.Projection):
   integer: bool = True
 
   @nn.compact
-  def __call__(self, x):
-    contracted, _ = projections.kernel_axes_split(self.spec)
-    n_in = len(contracted)
+  def weights(self) -> tuple[Array, Array, Array, Array | None]:
+    """(qkernel, kernel_scale, input_scale, bias) as stored."""
+    n_in, _ = self._split()
     qkernel = self.param('qkernel', nn.with_logical_partitioning(
         nn.initializers.zeros_init(), self.kernel_axes), self.kernel_shape, jnp.int8)
     kernel_scale = self.param('kernel_scale', nn.with_logical_partitioning(
         nn.initializers.ones_init(), self.kernel_axes[n_in:]), self.kernel_shape[n_in:],
                               jnp.float32)
     input_scale = self.param('input_scale', nn.initializers.ones_init(), (), jnp.float32)
-    bias = self.bias_param()
+    return qkernel, kernel_scale, input_scale, self.bias_param()
+
+  def _multiply(self, spec, x, qkernel, input_scale, kernel_scale, bias):
     xq = jnp.clip(jnp.round(x.astype(jnp.float32) / input_scale), -127, 127)
     if self.integer:
-      y = self.product()(self.spec, xq.astype(jnp.int8), qkernel, out_dtype=jnp.int32)
+      y = self.product()(spec, xq.astype(jnp.int8), qkernel, out_dtype=jnp.int32)
     else:
-      y = self.product()(self.spec, xq, qkernel.astype(jnp.float32), out_dtype=jnp.float32)
+      y = self.product()(spec, xq, qkernel.astype(jnp.float32), out_dtype=jnp.float32)
     y = y.astype(jnp.float32) * (input_scale * kernel_scale)
     if bias is not None:
       y = y + bias.astype(jnp.float32)
+    return y
+
+  def __call__(self, x):
+    qkernel, kernel_scale, input_scale, bias = self.weights()
+    y = self._multiply(self.spec, x, qkernel, input_scale, kernel_scale, bias)
     return y.astype(self.out_dtype or self.dtype)
+
+  @staticmethod
+  def fused(modules: Sequence['Int8'], x: Array, out_dtype) -> Array:
+    """Several int8 projections of one input as one product, the input quantized once.
+
+    They must share the input scale (`ptq` gives Q, K and V one: they read one tensor);
+    the first module's is used.
+    """
+    weights = [m.weights() for m in modules]
+    for m in modules[1:]:
+      m.product()  # each site is looked up (and recorded); they share one product
+    flat = lambda t: t.reshape(t.shape[0], -1)
+    qkernel = jnp.concatenate([flat(w[0]) for w in weights], axis=1)
+    kernel_scale = jnp.concatenate([w[1].reshape(-1) for w in weights])
+    bias = None
+    if all(w[3] is not None for w in weights):
+      bias = jnp.concatenate([w[3].reshape(-1) for w in weights])
+    y = modules[0]._multiply('bsi,io->bso', x, qkernel, weights[0][2], kernel_scale, bias)  # pylint: disable=protected-access
+    return y.astype(out_dtype)
 
   @staticmethod
   def dense_params(params: dict) -> dict:
@@ -273,7 +301,8 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
     method: the activation clip: 'max', 'percentile' (99.99th) or 'mse'.
 
   Kernels get symmetric per-output-channel int8 values; each site's input a static
-  per-tensor scale clip / 127. The new config names those sites `int8`.
+  per-tensor scale clip / 127 (one for Q, K and V, which read the same tensor). The new
+  config names those sites `int8`.
   """
   if method not in CALIBRATIONS:
     raise ValueError(f'method must be one of {CALIBRATIONS}, got {method!r}')
@@ -281,7 +310,13 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
   task = 'encoder' in params
   flat = flax.traverse_util.flatten_dict(params['encoder'] if task else params, sep='/')
   rules = []
-  for site, site_stats in sorted(stats.items()):
+  # Q, K and V read one tensor: one input scale (the largest clip), so they can run as
+  # one product with the input quantized once (`Int8.fused`).
+  same_input = lambda site: re.sub(r'/(query|key|value)$', '/qkv', site)
+  clips: dict[str, float] = {}
+  for site, site_stats in stats.items():
+    clips[same_input(site)] = max(clips.get(same_input(site), 0.0), site_stats[method])
+  for site in sorted(stats):
     kernel = np.asarray(flat.pop(f'{site}/kernel'), np.float32)
     n_in = 2 if site.endswith('attention/out') else 1
     reduce = tuple(range(n_in))
@@ -289,7 +324,7 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     flat[f'{site}/qkernel'] = np.clip(np.round(kernel / scale), -127, 127).astype(np.int8)
     flat[f'{site}/kernel_scale'] = scale
-    clip = site_stats[method] if site_stats[method] > 0 else 1.0
+    clip = clips[same_input(site)] if clips[same_input(site)] > 0 else 1.0
     flat[f'{site}/input_scale'] = np.asarray(clip / 127.0, np.float32)
     rules.append((f'(.*/)?{re.escape(site)}', 'int8'))
   encoder = flax.traverse_util.unflatten_dict(flat, sep='/')

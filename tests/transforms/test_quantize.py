@@ -96,6 +96,13 @@ def test_int8_path_matches_its_fake_quantized_reference(method):
   simulated, _ = Encoder(simulated_config).apply({'params': qparams}, ids)
   # int32 accumulation is exact; the float reference rounds: equal to float32 precision.
   np.testing.assert_allclose(integer, simulated, atol=1e-4)
+  # Q, K and V share one input scale, so fusing them (input quantized once) changes nothing.
+  assert config.fuse_qkv
+  unfused, _ = Encoder(config.replace(fuse_qkv=False)).apply({'params': qparams}, ids)
+  np.testing.assert_allclose(integer, unfused, atol=1e-5)
+  dots = lambda c: str(jax.make_jaxpr(lambda p: Encoder(c).apply({'params': p}, ids))(
+      qparams)).count('dot_general')
+  assert dots(config.replace(fuse_qkv=False)) - dots(config) == 2 * CONFIG.num_layers
   dense, _ = Encoder(CONFIG).apply({'params': params}, ids)
   cosine = np.mean((np.asarray(integer) * np.asarray(dense)).sum(-1) / np.linalg.norm(
       integer, axis=-1) / np.linalg.norm(dense, axis=-1))
