@@ -13,7 +13,9 @@ the same SST-2 dev sentences, each batch padded to its longest sentence (a multi
 - ours int8 simulated: the same int8 values multiplied in float32 (the reference the
   integer path must match);
 - qwix 0.1.8 `PtqProvider` w8a8 (weights int8 per channel via `quantize_params`,
-  activations quantized dynamically per call), when qwix is installed.
+  activations quantized dynamically per call), when qwix is installed: once on the same
+  projections as ours, once on every product (also attention scores and context, which
+  ours keeps in float).
 Printed per model: sequences/s, speed-up over float32, bytes of the projection weights,
 the mean cosine between its last hidden states and float32's, and the largest absolute
 difference from our simulated reference. The last line is one JSON object.
@@ -92,14 +94,19 @@ def main():
   try:
     import qwix  # pylint: disable=g-import-not-at-top
     unfused = config.replace(fuse_qkv=False)  # qwix sees a weight only in its own module
-    rules = [qwix.QuantizationRule(module_path='.*', weight_qtype=jnp.int8,
-                                   act_qtype=jnp.int8)]
-    qmodel = qwix.quantize_model(Encoder(unfused), qwix.PtqProvider(rules))
     ids0 = jnp.ones((1, 8), jnp.int32)
-    abstract = nn.meta.unbox(jax.eval_shape(qmodel.init, jax.random.PRNGKey(0), ids0)['params'])
-    models['qwix w8a8'] = (unfused, qwix.quantize_params(jax.tree.map(jnp.asarray, params), abstract))
-    apply['qwix w8a8'] = jax.jit(lambda p_, ids, mask: qmodel.apply({'params': p_}, ids,
-                                                                    mask)[0])
+    scopes = {'qwix w8a8': r'.*/(query|key|value|out|intermediate|output)',  # as ours
+              'qwix w8a8 + attention': '.*'}  # also the score and context products
+    for name, scope in scopes.items():
+      rules = [qwix.QuantizationRule(module_path=scope, weight_qtype=jnp.int8,
+                                     act_qtype=jnp.int8)]
+      qmodel = qwix.quantize_model(Encoder(unfused), qwix.PtqProvider(rules))
+      abstract = nn.meta.unbox(
+          jax.eval_shape(qmodel.init, jax.random.PRNGKey(0), ids0)['params'])
+      models[name] = (unfused, qwix.quantize_params(jax.tree.map(jnp.asarray, params),
+                                                    abstract))
+      apply[name] = jax.jit(lambda p_, ids, mask, m=qmodel: m.apply({'params': p_}, ids,
+                                                                     mask)[0])
   except ImportError:
     print('qwix not installed: its row is skipped')
 
