@@ -12,6 +12,7 @@ the same SST-2 dev sentences, each batch padded to its longest sentence (a multi
   int8 -> int32 products;
 - ours int8 simulated: the same int8 values multiplied in float32 (the reference the
   integer path must match);
+- ours int4 (w4a8): kernels on the 4-bit grid packed two per byte, unpacked per call;
 - qwix 0.1.8 `PtqProvider` w8a8 (weights int8 per channel via `quantize_params`,
   activations quantized dynamically per call), when qwix is installed: once on the same
   projections as ours, once on every product (also attention scores and context, which
@@ -87,8 +88,10 @@ def main():
   int8_config, int8_params = quantize.ptq(config, params, stats, args.calibration)
   simulated_config = int8_config.replace(projections=tuple(
       (site, 'int8:simulate') for site, _ in int8_config.projections))
+  int4_config, int4_params = quantize.ptq(config, params, stats, args.calibration, bits=4)
   models = {'float32': (config, params), 'ours int8': (int8_config, int8_params),
-            'ours int8 simulated': (simulated_config, int8_params)}
+            'ours int8 simulated': (simulated_config, int8_params),
+            'ours int4 (w4a8)': (int4_config, int4_params)}
   apply = {name: jax.jit(lambda p_, ids, mask, c=c: Encoder(c).apply(
       {'params': p_}, ids, mask)[0]) for name, (c, _) in models.items()}
   try:

@@ -5,7 +5,7 @@ r"""Applies a structural transform to a saved run and writes the result as a new
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_shared \
         --transform share --parts attention --groups 1
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_int8 \
-        --transform ptq --calibration mse --calibration_examples 512    # int8
+        --transform ptq --calibration mse --calibration_examples 512    # int8 (--bits 4)
     # then a short recovery fine-tune from the new run:
     python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
         --workdir runs/sst2_r64_ft --config.init_from=runs/sst2_r64 --config.num_epochs=1
@@ -40,7 +40,7 @@ def count(tree) -> int:
 def transform_run(run_ref: str, out: str, transform: str, rank: int | None = None,
                   energy: float | None = None, sites: str = low_rank.PROJECTIONS,
                   groups: int = 1, parts: str = 'all', calibration: str = 'max',
-                  calibration_examples: int = 512) -> dict[str, Any]:
+                  calibration_examples: int = 512, bits: int = 8) -> dict[str, Any]:
   """Reads a run, applies `transform`, writes the new run; returns a summary."""
   folder, which = saved_runs.parse_ref(run_ref)
   run = saved_runs.load_run(folder, which)
@@ -62,8 +62,9 @@ def transform_run(run_ref: str, out: str, transform: str, rank: int | None = Non
                             pad_multiple=run.config.pad_multiple, num_epochs=1,
                             pad_id=tokenizer.pad_token_id or 0)
     stats = quantize.calibrate(run.model, run.params, batches)
-    config, params = quantize.ptq(encoder, run.params, stats, calibration)
-    details = {'calibration': calibration, 'examples': len(features), 'sites': len(stats)}
+    config, params = quantize.ptq(encoder, run.params, stats, calibration, bits)
+    details = {'calibration': calibration, 'examples': len(features), 'sites': len(stats),
+               'bits': bits}
   else:
     raise ValueError(f'transform must be one of {TRANSFORMS}, got {transform!r}')
   model = run.model.clone(encoder=config)
@@ -80,7 +81,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   summary = transform_run(f.run, f.out, f.transform, f.rank, f.energy, f.sites, f.groups,
-                          f.parts, f.calibration, f.calibration_examples)
+                          f.parts, f.calibration, f.calibration_examples, int(f.bits))
   print(json.dumps(summary, indent=2))
 
 
@@ -96,5 +97,6 @@ if __name__ == '__main__':
   flags.DEFINE_enum('calibration', 'max', list(quantize.CALIBRATIONS),
                     'ptq: activation clip from the max, 99.99th percentile or least MSE.')
   flags.DEFINE_integer('calibration_examples', 512, 'ptq: train examples to calibrate on.')
+  flags.DEFINE_enum('bits', '8', ['4', '8'], 'ptq: kernel bits (4 = packed int4, w4a8).')
   flags.mark_flags_as_required(['run', 'out', 'transform'])
   app.run(main)

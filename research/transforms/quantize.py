@@ -24,6 +24,7 @@ with `mixed_matmul`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -287,23 +288,80 @@ class Int8(projections.Projection):
     return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
 
 
+def pack_int4(q: np.ndarray, axis: int = 0) -> np.ndarray:
+  """int8 values in [-8, 7] -> two per byte along `axis` (its length halves), int8.
+
+  Along `axis`, entry 2i goes to the low nibble and 2i + 1 to the high one.
+  """
+  if q.shape[axis] % 2:
+    raise ValueError(f'int4 packing needs an even length on axis {axis}, got {q.shape}')
+  if q.min() < -8 or q.max() > 7:
+    raise ValueError('int4 values must lie in [-8, 7]')
+  u = np.moveaxis(q.astype(np.uint8), axis, 0)
+  return np.moveaxis(((u[0::2] & 0x0F) | (u[1::2] << 4)).view(np.int8), 0, axis)
+
+
+def unpack_int4(packed: Array, axis: int = 0) -> Array:
+  """`pack_int4`'s inverse (jax): the axis doubles again, int8."""
+  p = jnp.moveaxis(packed, axis, 0)
+  low = jnp.right_shift(jnp.left_shift(p, 4), 4)  # int8 shifts sign-extend
+  high = jnp.right_shift(p, 4)
+  q = jnp.stack([low, high], axis=1).reshape((-1,) + p.shape[1:])
+  return jnp.moveaxis(q, 0, axis)
+
+
+class Int4(Int8):
+  """`Int8` with the kernel stored as packed int4 (w4a8): 'qkernel_int4' int8, the
+  kernel's shape with its last input axis halved, holds two 4-bit values per byte
+  (`pack_int4`), unpacked to int8 at use; scales, input quantization and products as
+  `Int8`."""
+
+  @nn.compact
+  def weights(self) -> tuple[Array, Array, Array, Array | None]:
+    n_in, _ = self._split()
+    shape = list(self.kernel_shape)
+    if shape[n_in - 1] % 2:
+      raise ValueError(f'{self.site}: int4 needs an even input axis, got {self.kernel_shape}')
+    shape[n_in - 1] //= 2
+    packed = self.param('qkernel_int4', nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), self.kernel_axes), tuple(shape), jnp.int8)
+    kernel_scale = self.param('kernel_scale', nn.with_logical_partitioning(
+        nn.initializers.ones_init(), self.kernel_axes[n_in:]), self.kernel_shape[n_in:],
+                              jnp.float32)
+    input_scale = self.param('input_scale', nn.initializers.ones_init(), (), jnp.float32)
+    return unpack_int4(packed, n_in - 1), kernel_scale, input_scale, self.bias_param()
+
+  @staticmethod
+  def dense_params(params: dict) -> dict:
+    scale = np.asarray(params['kernel_scale'])
+    packed = np.asarray(params['qkernel_int4'])
+    q = unpack_int4(jnp.asarray(packed), packed.ndim - scale.ndim - 1)
+    kernel = np.asarray(q, np.float32) * scale
+    return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
+
+
 projections.register('int8', lambda arg: {'cls': Int8, 'integer': arg != 'simulate'})
+projections.register('int4', lambda arg: {'cls': Int4, 'integer': arg != 'simulate'})
 
 
 def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, float]],
-        method: str = 'max') -> tuple[Any, dict]:
-  """Converts calibrated projections to int8 storage: (config, params).
+        method: str = 'max', bits: int = 8) -> tuple[Any, dict]:
+  """Converts calibrated projections to int8 (or packed int4) storage: (config, params).
 
   Args:
     config: the encoder's config.
     params: the encoder's params, or a TaskModel's (with an 'encoder' entry).
     stats: `calibrate`'s statistics, by encoder site.
     method: the activation clip: 'max', 'percentile' (99.99th) or 'mse'.
+    bits: 8 (int8 kernels) or 4 (kernels on the symmetric 4-bit grid, two per byte;
+      inputs stay int8: w4a8).
 
-  Kernels get symmetric per-output-channel int8 values; each site's input a static
+  Kernels get symmetric per-output-channel values; each site's input a static
   per-tensor scale clip / 127 (one for Q, K and V, which read the same tensor). The new
-  config names those sites `int8`.
+  config names those sites `int8` (or `int4`).
   """
+  if bits not in (4, 8):
+    raise ValueError(f'bits must be 4 or 8, got {bits}')
   if method not in CALIBRATIONS:
     raise ValueError(f'method must be one of {CALIBRATIONS}, got {method!r}')
   params = nn.meta.unbox(params)
@@ -320,13 +378,18 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
     kernel = np.asarray(flat.pop(f'{site}/kernel'), np.float32)
     n_in = 2 if site.endswith('attention/out') else 1
     reduce = tuple(range(n_in))
-    scale = np.abs(kernel).max(axis=reduce) / 127.0
+    top = 2 ** (bits - 1) - 1
+    scale = np.abs(kernel).max(axis=reduce) / top
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    flat[f'{site}/qkernel'] = np.clip(np.round(kernel / scale), -127, 127).astype(np.int8)
+    q = np.clip(np.round(kernel / scale), -top, top).astype(np.int8)
+    if bits == 4:
+      flat[f'{site}/qkernel_int4'] = pack_int4(q, n_in - 1)
+    else:
+      flat[f'{site}/qkernel'] = q
     flat[f'{site}/kernel_scale'] = scale
     clip = clips[same_input(site)] if clips[same_input(site)] > 0 else 1.0
     flat[f'{site}/input_scale'] = np.asarray(clip / 127.0, np.float32)
-    rules.append((f'(.*/)?{re.escape(site)}', 'int8'))
+    rules.append((f'(.*/)?{re.escape(site)}', f'int{bits}'))
   encoder = flax.traverse_util.unflatten_dict(flat, sep='/')
   new_config = config.replace(projections=tuple(rules) + tuple(config.projections))
   return new_config, ({**params, 'encoder': encoder} if task else encoder)
