@@ -58,6 +58,9 @@ class EncoderConfig:
       its kernel (`projections.py`); unmatched sites are 'dense'.
     products: rules ((site_regex, product), ...) choosing the function that
       multiplies at each site (`products.py`); unmatched sites are 'default'.
+    hooks: rules ((site_regex, hook), ...) acting on named activations between
+      products (softmax, GELU, LayerNorm in/out, embedding output; `hooks.py`);
+      unmatched sites are 'identity'.
     use_pooler: whether a pooler (tanh dense on the first token) exists.
     pad_token_id: id of the padding token.
     model_type: the checkpoint family, used for Hugging Face name mapping.
@@ -86,6 +89,7 @@ class EncoderConfig:
   fuse_qkv: bool = True
   projections: tuple[tuple[str, str], ...] = ()
   products: tuple[tuple[str, str], ...] = ()
+  hooks: tuple[tuple[str, str], ...] = ()
   use_pooler: bool = True
   pad_token_id: int = 0
   model_type: str = 'bert'
@@ -98,7 +102,7 @@ class EncoderConfig:
       value = getattr(self, name)
       if isinstance(value, list):
         object.__setattr__(self, name, tuple(value))
-    for name in ('projections', 'products'):
+    for name in ('projections', 'products', 'hooks'):
       object.__setattr__(self, name, tuple(tuple(rule) for rule in getattr(self, name)))
     if self.head_dim is None:
       heads0 = self.num_heads if isinstance(self.num_heads, int) else max(self.num_heads)
@@ -140,6 +144,7 @@ class EncoderConfig:
       errors.append(f'norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}')
     errors += products.check_rules(self.products, 'products')
     errors += products.check_rules(self.projections, 'projections')
+    errors += products.check_rules(self.hooks, 'hooks')
     if self.embedding_size is not None and self.embedding_size <= 0:
       errors.append(f'embedding_size must be positive, got {self.embedding_size}')
     if self.type_vocab_size < 0:

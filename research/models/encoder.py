@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import projections, products
+from research.models import hooks, projections, products
 from research.models.config import EncoderConfig
 from research.models.dropout import Dropout
 
@@ -67,6 +67,12 @@ def projection(parent: nn.Module, cfg: EncoderConfig, name: str, spec: str,
       dtype=cfg.compute_dtype, out_dtype=out_dtype, param_dtype=cfg.params_dtype)
 
 
+def hook(parent: nn.Module, name: str, x: Array) -> Array:
+  """x through the hook at `parent`'s path + name (`hooks.py`; identity by default)."""
+  rules = parent.config.hooks
+  return hooks.apply(rules, projections.site_of(parent, name), x) if rules else x
+
+
 class LayerNorm(nn.Module):
   """LayerNorm computed in float32 (bf16 statistics lose parity), cast back."""
   eps: float
@@ -92,6 +98,7 @@ class Embed(nn.Module):
   rows: int
   features: int
   products: tuple[tuple[str, str], ...] = ()
+  hooks: tuple[tuple[str, str], ...] = ()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -100,7 +107,10 @@ class Embed(nn.Module):
                             _init, self.param_dtype)
 
   def __call__(self, ids: Array) -> Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    table = self.embedding
+    if self.hooks:  # e.g. the table fake-quantized (fully quantized BERT)
+      table = hooks.apply(self.hooks, projections.site_of(self, 'table'), table)
+    return jnp.take(table, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array, out_dtype=jnp.float32) -> Array:
     """x [..., features] times the transposed table: [..., rows] (tied output heads)."""
@@ -116,8 +126,8 @@ class Embeddings(nn.Module):
 
   def setup(self):
     cfg = self.config
-    table = lambda rows: Embed(rows, cfg.embed_size, cfg.products, cfg.compute_dtype,
-                               cfg.params_dtype)
+    table = lambda rows: Embed(rows, cfg.embed_size, cfg.products, cfg.hooks,
+                               cfg.compute_dtype, cfg.params_dtype)
     self.word_embeddings = table(cfg.vocab_size)
     self.position_embeddings = table(cfg.max_position_embeddings)
     if cfg.type_vocab_size:
@@ -143,6 +153,7 @@ class Embeddings(nn.Module):
       x = x + self.token_type_embeddings(token_type_ids)
     if cfg.embedding_norm:
       x = self.layer_norm(x)
+    x = hook(self, 'output', x)
     x = self.dropout(x, deterministic=deterministic)
     if cfg.embed_size != cfg.hidden_size:
       x = self.projection(x)
@@ -203,8 +214,8 @@ class Attention(nn.Module):
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
     scores = products.product_at(cfg.products, site + 'scores')(
         'bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)
-    scores = scores * jnp.float32(d ** -0.5) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    scores = hook(self, 'softmax_in', scores * jnp.float32(d ** -0.5)) + bias
+    probs = hook(self, 'softmax_out', jax.nn.softmax(scores, axis=-1)).astype(dtype)
     probs_out = probs if output_attentions else None
     probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
@@ -227,7 +238,8 @@ class Mlp(nn.Module):
     # Bias and activation in float32 (one cast per matmul input); output float32 too.
     h = projection(self, cfg, 'intermediate', 'bsi,io->bso', (cfg.hidden_size, self.width),
                    ('embed', 'mlp'), out_dtype=jnp.float32)(x)
-    h = activation(cfg.hidden_act)(h).astype(cfg.compute_dtype)
+    h = hook(self, 'gelu_out', activation(cfg.hidden_act)(hook(self, 'gelu_in', h)))
+    h = h.astype(cfg.compute_dtype)
     return projection(self, cfg, 'output', 'bsi,io->bso', (self.width, cfg.hidden_size),
                       ('mlp', 'embed'), out_dtype=jnp.float32)(h)
 
@@ -253,7 +265,9 @@ class Layer(nn.Module):
     self.output_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
     self.dropout = Dropout(cfg.hidden_dropout)
 
-  def _residual(self, x, block, norm, deterministic):
+  def _residual(self, x, block, norm_name, deterministic):
+    norm = lambda h: hook(self, f'{norm_name}/output', getattr(self, norm_name)(
+        hook(self, f'{norm_name}/input', h)))
     if self.config.norm_position == 'pre':
       y, *extra = block(norm(x))
       return (x.astype(jnp.float32) + self.dropout(y, deterministic=deterministic)
@@ -264,11 +278,11 @@ class Layer(nn.Module):
   def attention_block(self, x, bias, deterministic, output_attentions, output_qkv=False):
     x, (probs, qkv) = self._residual(
         x, lambda h: self.attention(h, bias, deterministic, output_attentions, output_qkv),
-        self.attention_norm, deterministic)
+        'attention_norm', deterministic)
     return x, probs, qkv
 
   def ffn_block(self, x, deterministic):
-    x, _ = self._residual(x, lambda h: (self.mlp(h),), self.output_norm, deterministic)
+    x, _ = self._residual(x, lambda h: (self.mlp(h),), 'output_norm', deterministic)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
   def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False):
@@ -345,7 +359,7 @@ class Encoder(nn.Module):
       attentions.append(probs)
       qkvs.append(qkv)
     if cfg.norm_position == 'pre':
-      x = self.final_norm(x)
+      x = hook(self, 'final_norm/output', self.final_norm(hook(self, 'final_norm/input', x)))
       hidden_states[-1] = x
 
     intermediates: dict[str, Any] = {'hidden_states': tuple(hidden_states)}

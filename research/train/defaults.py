@@ -40,9 +40,11 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.freeze = 'full'
   # Quantization-aware training: '' = off, else a spec such as 'w8,a8' or 'w4,a8,token'
   # (research/transforms/quantize.py); quant_attention also fake-quantizes the attention
-  # score and context products.
+  # score and context products; quant_full fake-quantizes what fully quantized BERT
+  # does (attention products, embedding tables and output, softmax, GELU, LayerNorms).
   c.quant = ''
   c.quant_attention = False
+  c.quant_full = False
   c.dtype = 'float32'
   c.seed = 0
   c.log_every = 50

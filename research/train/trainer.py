@@ -118,8 +118,12 @@ def load_source(config) -> tuple[Any, Any, Any]:
                    attention_dropout=config.dropout)
   tokenizer, encoder_config, params = _source(config, overrides)
   if config.get('quant'):  # QAT: the products of the model fake-quantize their operands
-    rules = quantize.qat_rules(config.quant, config.get('quant_attention', False))
+    full = config.get('quant_full', False)  # fully quantized BERT: attention and hooks too
+    rules = quantize.qat_rules(config.quant, config.get('quant_attention', False) or full)
     encoder_config = encoder_config.replace(products=rules + encoder_config.products)
+    if full:
+      encoder_config = encoder_config.replace(
+          hooks=quantize.full_quant_rules(config.quant) + encoder_config.hooks)
   return tokenizer, encoder_config, params
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import mixed_matmul, products, projections
+from research.models import hooks, mixed_matmul, products, projections
 
 Array = jax.Array
 
@@ -150,6 +150,43 @@ def qat_rules(spec: str, attention: bool = False) -> tuple[tuple[str, str], ...]
   QuantSpec.parse(spec)  # fail now on a bad spec
   attention_rule = (ATTENTION_PRODUCTS, f'fake_quant_act:{spec}' if attention else 'default')
   return (attention_rule, ('.*', f'fake_quant:{spec}'))
+
+
+# -- Fully quantized BERT (Liu, Li & Cheng 2021): the activations between products too --
+
+# Hook sites (`research/models/hooks.py`) a fully quantized model fake-quantizes.
+FULL_QUANT_SITES = (r'(.*/)?(embeddings/output|attention/softmax_(in|out)|mlp/gelu_(in|out)|'
+                    r'(attention_norm|output_norm|final_norm)/(input|output))')
+EMBEDDING_TABLES = r'(.*/)?embeddings/\w+_embeddings/table'
+
+
+def hook(text: str) -> hooks.Hook:
+  """A fake-quantizing hook: 'a<bits>[,asym][,token]' ('token': one scale per row of
+  the last axis, e.g. per embedding row or per token)."""
+  spec = QuantSpec.parse(text)
+  bits = spec.activation_bits or spec.weight_bits
+  if not bits:
+    raise ValueError(f'quantization hook {text!r} names no bits (e.g. a8)')
+  axes = (-1,) if spec.per_token else None
+  return lambda x: fake_quant(x, bits, axes, symmetric=not spec.asymmetric)
+
+
+hooks.register('fake_quant', hook)
+
+
+def full_quant_rules(spec: str) -> tuple[tuple[str, str], ...]:
+  """Hook rules that, with `qat_rules(spec, attention=True)`, fake-quantize everything
+  fully quantized BERT does: embedding tables (per row), the embedding output, the
+  softmax input and output (the output on an asymmetric grid: it is never negative),
+  the GELU input and output and every LayerNorm's input and output, all at the spec's
+  activation bits (weight bits for the tables)."""
+  parsed = QuantSpec.parse(spec)
+  bits = parsed.activation_bits or 8
+  table_bits = parsed.weight_bits or bits
+  act = f'a{bits}' + (',asym' if parsed.asymmetric else '')
+  return ((EMBEDDING_TABLES, f'fake_quant:a{table_bits},token'),
+          (r'.*/attention/softmax_out', f'fake_quant:a{bits},asym'),
+          (FULL_QUANT_SITES, f'fake_quant:{act}'))
 
 
 # -- Post-training quantization: calibration, int8 storage and the integer path ---------

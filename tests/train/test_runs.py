@@ -308,3 +308,10 @@ def test_quantization_aware_training_is_a_config_of_the_same_trainer(config, tmp
       result['final']['accuracy'])
   with pytest.raises(ValueError, match='quantization spec'):
     trainer.train_and_evaluate(config(quant='int8'), tmp_path / 'bad')
+  # Fully quantized BERT: hooks on softmax, GELU, LayerNorms and embeddings, recorded too.
+  trainer.train_and_evaluate(config(quant='w8,a8', quant_full=True, total_steps=2,
+                                    eval_every=2, checkpoint_every=2), tmp_path / 'fq')
+  described = json.loads((tmp_path / 'fq' / 'model.json').read_text())
+  assert any('softmax' in rule[0] for rule in described['encoder']['hooks'])
+  assert np.isfinite(read_metrics(tmp_path / 'fq', 'train')[-1]['loss'])
+  assert saved_runs.load_run(str(tmp_path / 'fq')).model.encoder.hooks

@@ -160,3 +160,38 @@ def test_int4_packs_two_values_per_byte_and_matches_its_reference():
   assert np.all(np.abs(got - kernel) <= step / 2 + 1e-6)
   with pytest.raises(ValueError, match='bits must be 4 or 8'):
     quantize.ptq(CONFIG, params, stats, bits=6)
+
+
+def test_fully_quantized_bert_reaches_every_hook_site_and_trains():
+  """quant_full: embedding tables, embedding output, softmax in/out, GELU in/out and
+  every LayerNorm's input and output go through fake quantization."""
+  from research.models import hooks  # pylint: disable=g-import-not-at-top
+  seen = []
+  hooks.register('seen_for_test', lambda arg: lambda x: (seen.append(arg), x)[1])
+  ids = next(_batches(1, seed=3))['input_ids']
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  tagged = tuple((pattern, 'seen_for_test:' + pattern) for pattern, _ in
+                 quantize.full_quant_rules('w8,a8'))
+  Encoder(CONFIG.replace(hooks=tagged)).apply({'params': params}, ids)
+  counts = {pattern: seen.count(pattern) for pattern, _ in tagged}
+  assert counts[quantize.EMBEDDING_TABLES] == 3  # word, position, token type
+  assert counts[r'.*/attention/softmax_out'] == CONFIG.num_layers
+  # Embedding output, then per layer softmax input, GELU in/out, 2 LayerNorms in/out.
+  assert counts[quantize.FULL_QUANT_SITES] == 1 + 7 * CONFIG.num_layers
+  full = CONFIG.replace(products=quantize.qat_rules('w8,a8', attention=True),
+                        hooks=quantize.full_quant_rules('w8,a8'))
+  float_out, _ = Encoder(CONFIG).apply({'params': params}, ids)
+  quant_out, _ = Encoder(full).apply({'params': params}, ids)
+  assert not np.allclose(float_out, quant_out, atol=1e-6)
+  cosine = np.mean((np.asarray(quant_out) * np.asarray(float_out)).sum(-1) / np.linalg.norm(
+      quant_out, axis=-1) / np.linalg.norm(float_out, axis=-1))
+  assert cosine > 0.98
+  # The straight-through estimator lets every parameter learn.
+  grads = jax.grad(lambda p: jnp.sum(Encoder(full).apply({'params': p}, ids)[0] ** 2))(params)
+  norms = {'/'.join(str(k.key) for k in path): float(jnp.abs(g).sum())
+           for path, g in jax.tree_util.tree_leaves_with_path(grads)}
+  assert all(np.isfinite(v) for v in norms.values())
+  assert norms['embeddings/word_embeddings/embedding'] > 0
+  assert norms['layer_1/mlp/intermediate/kernel'] > 0
+  with pytest.raises(ValueError, match='names no bits'):
+    quantize.hook('asym')
