@@ -2,6 +2,8 @@ r"""Applies a structural transform to a saved run and writes the result as a new
 
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_r64 \
         --transform low_rank --rank 64                    # or --energy 0.9
+    python -m experiments.transform --run runs/sst2:best --out runs/sst2_e128 \
+        --transform embeddings --embedding_size 128     # factorised embedding tables
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_shared \
         --transform share --parts attention --groups 1
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_int8 \
@@ -30,7 +32,7 @@ from research.train import saved_runs
 from research.train.build import load_split
 from research.transforms import low_rank, quantize, share
 
-TRANSFORMS = ('low_rank', 'share', 'ptq')
+TRANSFORMS = ('low_rank', 'embeddings', 'share', 'ptq')
 
 
 def count(tree) -> int:
@@ -40,7 +42,8 @@ def count(tree) -> int:
 def transform_run(run_ref: str, out: str, transform: str, rank: int | None = None,
                   energy: float | None = None, sites: str = low_rank.PROJECTIONS,
                   groups: int = 1, parts: str = 'all', calibration: str = 'max',
-                  calibration_examples: int = 512, bits: int = 8) -> dict[str, Any]:
+                  calibration_examples: int = 512, bits: int = 8,
+                  embedding_size: int | None = None) -> dict[str, Any]:
   """Reads a run, applies `transform`, writes the new run; returns a summary."""
   folder, which = saved_runs.parse_ref(run_ref)
   run = saved_runs.load_run(folder, which)
@@ -51,6 +54,11 @@ def transform_run(run_ref: str, out: str, transform: str, rank: int | None = Non
                                                  energy=energy, sites=sites)
     details = [{'site': r.site, 'rank': r.rank, 'kept_energy': r.kept_energy}
                for r in reports]
+  elif transform == 'embeddings':  # ALBERT-style factorised embedding tables
+    if not embedding_size:
+      raise ValueError('--transform embeddings needs --embedding_size')
+    config, params, kept = low_rank.factorize_embeddings(encoder, run.params, embedding_size)
+    details = {'embedding_size': embedding_size, 'energy_kept': kept}
   elif transform == 'share':
     config, params = share.share(encoder, run.params, groups=groups, parts=parts)
   elif transform == 'ptq':  # calibrated on the first examples of the run's train split
@@ -81,7 +89,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   summary = transform_run(f.run, f.out, f.transform, f.rank, f.energy, f.sites, f.groups,
-                          f.parts, f.calibration, f.calibration_examples, int(f.bits))
+                          f.parts, f.calibration, f.calibration_examples, int(f.bits),
+                          f.embedding_size)
   print(json.dumps(summary, indent=2))
 
 
@@ -97,6 +106,7 @@ if __name__ == '__main__':
   flags.DEFINE_enum('calibration', 'max', list(quantize.CALIBRATIONS),
                     'ptq: activation clip from the max, 99.99th percentile or least MSE.')
   flags.DEFINE_integer('calibration_examples', 512, 'ptq: train examples to calibrate on.')
+  flags.DEFINE_integer('embedding_size', None, 'embeddings: width E of the tables (< H).')
   flags.DEFINE_enum('bits', '8', ['4', '8'], 'ptq: kernel bits (4 = packed int4, w4a8).')
   flags.mark_flags_as_required(['run', 'out', 'transform'])
   app.run(main)

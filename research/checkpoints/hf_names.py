@@ -213,6 +213,13 @@ def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
   if not isinstance(config.intermediate_size, int):
     raise ValueError('Hugging Face configs cannot express per-layer FFN widths '
                      f'{config.intermediate_size}; keep the checkpoint in our format')
+  if config.embed_size != config.hidden_size and (mt != 'albert'
+                                                  or config.embedding_project_first):
+    raise ValueError(
+        f'a factorised embedding ({config.embed_size} -> {config.hidden_size}) has a Hugging '
+        f'Face form only as ALBERT, normalised before the projection; this {mt} model '
+        f'(embedding_project_first={config.embedding_project_first}) has none: keep the '
+        'run in our format, or fine-tune the unfactorised model')
   full_heads = config.hidden_size // config.head_dim
   if full_heads * config.head_dim != config.hidden_size:
     raise ValueError(f'head_dim={config.head_dim} does not divide hidden_size')

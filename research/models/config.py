@@ -35,6 +35,11 @@ class EncoderConfig:
     intermediate_size: FFN width, an int or one int per layer.
     embedding_size: width of the embedding tables; when smaller than hidden_size an
       embedding projection is added (ALBERT's factorised embedding).
+    embedding_project_first: with a factorised embedding, project to hidden_size
+      before the embedding LayerNorm instead of after it (ALBERT normalises at the
+      embedding width). A truncated-SVD factorisation of a pre-trained table
+      (`transforms/low_rank.factorize_embeddings`) needs this order to start close to
+      the model it came from; transformers has no such model, so it does not export.
     max_position_embeddings: rows of the position table.
     type_vocab_size: token-type rows; 0 means the model has no token types.
     position_offset: RoBERTa numbers positions from pad_token_id + 1; 0 for BERT.
@@ -74,6 +79,7 @@ class EncoderConfig:
   head_dim: int | None = None
   intermediate_size: int | tuple[int, ...] = 3072
   embedding_size: int | None = None
+  embedding_project_first: bool = False
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   position_offset: int = 0

@@ -151,11 +151,14 @@ class Embeddings(nn.Module):
     x = x + self.position_embeddings(positions)
     if cfg.type_vocab_size:
       x = x + self.token_type_embeddings(token_type_ids)
+    factorised = cfg.embed_size != cfg.hidden_size
+    if factorised and cfg.embedding_project_first:
+      x = self.projection(x)
     if cfg.embedding_norm:
       x = self.layer_norm(x)
     x = hook(self, 'output', x)
     x = self.dropout(x, deterministic=deterministic)
-    if cfg.embed_size != cfg.hidden_size:
+    if factorised and not cfg.embedding_project_first:
       x = self.projection(x)
     return x.astype(cfg.compute_dtype)
 

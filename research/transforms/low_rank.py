@@ -106,3 +106,41 @@ def factorize(config: EncoderConfig, params: Mapping[str, Any], *, rank: int | N
   new_params = {**params, 'encoder': encoder} if task else encoder
   new_config = config.replace(projections=tuple(rules) + tuple(config.projections))
   return new_config, new_params, reports
+
+
+def factorize_embeddings(config: EncoderConfig, params: Mapping[str, Any], size: int
+                         ) -> tuple[EncoderConfig, dict, float]:
+  """Factorised embeddings (ALBERT's E < H) from a model with full-width tables.
+
+  The word, position and token-type tables, stacked, are factorised by one truncated
+  SVD: each table keeps its rows in the top-`size` right singular basis B ([H, size]),
+  and a new embedding projection maps back with B^T. Since the tables are summed before
+  any nonlinearity, the projected sum equals the original sum's rank-`size`
+  approximation; the projection runs before the embedding LayerNorm
+  (`embedding_project_first`) so the normalisation sees what it saw before.
+
+  Returns:
+    (new config, new params, the fraction of the stacked tables' energy kept).
+  """
+  if config.embed_size != config.hidden_size:
+    raise ValueError(f'the embedding is already factorised ({config.embed_size} -> '
+                     f'{config.hidden_size})')
+  if not 1 <= size < config.hidden_size:
+    raise ValueError(f'size must be in 1..{config.hidden_size - 1}, got {size}')
+  task = 'encoder' in params
+  encoder = dict(params['encoder'] if task else params)
+  embeddings = {k: dict(v) if isinstance(v, Mapping) else v
+                for k, v in encoder['embeddings'].items()}
+  names = [n for n in ('word_embeddings', 'position_embeddings', 'token_type_embeddings')
+           if n in embeddings]
+  tables = [np.asarray(embeddings[n]['embedding'], np.float64) for n in names]
+  _, s, vt = np.linalg.svd(np.concatenate(tables), full_matrices=False)
+  basis = vt[:size].T  # [H, size]
+  for name, table in zip(names, tables):
+    embeddings[name] = {'embedding': (table @ basis).astype(np.float32)}
+  embeddings['projection'] = {'kernel': basis.T.astype(np.float32),
+                              'bias': np.zeros(config.hidden_size, np.float32)}
+  encoder['embeddings'] = embeddings
+  kept = float(np.square(s[:size]).sum() / np.square(s).sum())
+  new_config = config.replace(embedding_size=size, embedding_project_first=True)
+  return new_config, ({**params, 'encoder': encoder} if task else encoder), kept

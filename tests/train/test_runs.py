@@ -255,6 +255,10 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   low = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'low'),
                                 'low_rank', rank=4, sites=r'layer_\d+/mlp/.*')
   assert low['params_after'] < low['params_before'] and len(low['sites']) == 4
+  factored = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'emb'),
+                                     'embeddings', embedding_size=8)
+  assert factored['params_after'] < factored['params_before']
+  assert saved_runs.load_run(str(tmp_path / 'emb')).model.encoder.embed_size == 8
   shared = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'shared'),
                                    'share', parts='attention')
   assert shared['params_after'] < shared['params_before']

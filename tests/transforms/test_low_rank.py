@@ -83,3 +83,37 @@ def test_task_model_params_and_bad_arguments():
     low_rank.factorize(CONFIG, params)
   with pytest.raises(ValueError, match='energy must be in'):
     low_rank.factorize(CONFIG, params, energy=1.5)
+
+
+def test_factorized_embeddings_reproduce_low_rank_tables_with_fewer_parameters():
+  """Tables of rank 8 (stacked) factorise exactly at E = 8: same outputs, fewer params."""
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  basis = rng.normal(size=(8, 32))
+  flat = traverse_util.flatten_dict(params, sep='/')
+  for name in ('word', 'position', 'token_type'):
+    key = f'embeddings/{name}_embeddings/embedding'
+    flat[key] = jnp.asarray(rng.normal(size=(flat[key].shape[0], 8)) @ basis * 0.02,
+                            jnp.float32)
+  params = traverse_util.unflatten_dict(flat, sep='/')
+  config, small, kept = low_rank.factorize_embeddings(CONFIG, params, 8)
+  assert config.embed_size == 8 and config.embedding_project_first
+  assert kept == pytest.approx(1.0)
+  assert small['embeddings']['word_embeddings']['embedding'].shape == (50, 8)
+  assert count(small) < count(params)
+  ids = jnp.asarray(rng.integers(0, 50, (2, 7)), jnp.int32)
+  ref, _ = Encoder(CONFIG).apply({'params': params}, ids)
+  out, _ = Encoder(config).apply({'params': small}, ids)
+  np.testing.assert_allclose(out, ref, atol=1e-4)
+  # A smaller E is an approximation; the ALBERT order (normalise first) is not the same
+  # model, and it has no Hugging Face form in this order.
+  config4, small4, kept4 = low_rank.factorize_embeddings(CONFIG, params, 4)
+  assert kept4 < 1.0
+  assert np.isfinite(np.asarray(Encoder(config4).apply({'params': small4}, ids)[0])).all()
+  from research.checkpoints.hf_names import config_to_hf  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='factorised embedding'):
+    config_to_hf(config)
+  with pytest.raises(ValueError, match='already factorised'):
+    low_rank.factorize_embeddings(config, small, 4)
+  with pytest.raises(ValueError, match='size must be'):
+    low_rank.factorize_embeddings(CONFIG, params, 32)
