@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import jax
 
+from research.models import products
+
 Hook = Callable[[jax.Array], jax.Array]
 Rules = Sequence[tuple[str, str]]
 
@@ -56,10 +58,7 @@ def make(spec: str) -> Hook:
 
 def spec_at(rules: Rules, site: str) -> str:
   """The hook spec of `site`: the first rule whose regex fully matches, else 'identity'."""
-  for pattern, spec in rules:
-    if re.fullmatch(pattern, site):
-      return spec
-  return 'identity'
+  return products.first_match(rules, site, 'identity')
 
 
 def apply(rules: Rules, site: str, x: jax.Array) -> jax.Array:

@@ -72,12 +72,18 @@ def make(spec: str) -> Product:
   return _FACTORIES[name](argument)
 
 
-def spec_at(rules: Rules, site: str) -> str:
-  """The product spec of `site`: the first rule whose regex fully matches, else 'default'."""
+def first_match(rules: Rules, site: str, default: str) -> str:
+  """The spec of the first rule whose regex fully matches `site`, else `default` (the
+  lookup shared by product, projection and hook rules)."""
   for pattern, spec in rules:
     if re.fullmatch(pattern, site):
       return spec
-  return 'default'
+  return default
+
+
+def spec_at(rules: Rules, site: str) -> str:
+  """The product spec of `site`: the first rule whose regex fully matches, else 'default'."""
+  return first_match(rules, site, 'default')
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []

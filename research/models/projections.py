@@ -206,10 +206,7 @@ def register(name: str, factory: Callable[[str], dict]) -> None:
 
 def kind_at(rules: Rules, site: str) -> str:
   """The projection kind spec of `site` (first fully matching rule, else 'dense')."""
-  for pattern, spec in rules:
-    if re.fullmatch(pattern, site):
-      return spec
-  return 'dense'
+  return products.first_match(rules, site, 'dense')
 
 
 def make(rules: Rules, site: str, **fields: Any) -> Projection:
