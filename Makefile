@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/encoder_cpu.py
+	$(BIN)/python benchmarks/inference_cpu.py
 
 bench-finetune: $(STAMP)
 	$(BIN)/python benchmarks/finetune_cpu.py --dtype bfloat16 --steps 5 --rounds 5

@@ -5,7 +5,7 @@
 
 Times each piece of a layer at batch 32 x length 128 (hidden 384, 12 heads of 32, FFN
 1536) in isolation, with alternative formulations side by side, to see where the
-encoder loses to PyTorch (benchmarks/encoder_cpu.py has the side-by-side figures).
+encoder loses to PyTorch (benchmarks/inference_cpu.py has the side-by-side figures).
 Ours-only numbers: use them to compare formulations, not to claim speed-ups.
 """
 from __future__ import annotations

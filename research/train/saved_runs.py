@@ -44,6 +44,9 @@ from research.train.checkpointing import Checkpoints
 MODEL_FILE = 'model.json'
 TOKENIZER_DIR = 'tokenizer'
 WHICH = ('best', 'latest')
+# Leaves only quantized projections hold (`research/transforms/quantize.py`: Int8, Int4).
+QUANTIZED_LEAVES = ('qkernel', 'qkernel_int4', 'input_scale')
+QUANTIZED_KINDS = ('int8', 'int4')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +191,39 @@ def restore_params(workdir: str, which: str = 'best') -> tuple[Any, int]:
   return state, step
 
 
+def _quantized_sites(paths) -> list[str]:
+  """The sites among flattened encoder param paths that hold int8/int4 storage."""
+  return sorted({p.rsplit('/', 1)[0] for p in paths
+                 if p.rsplit('/', 1)[-1] in QUANTIZED_LEAVES})
+
+
+def check_quantized(workdir: str, model: TaskModel | None, params: Any) -> None:
+  """Fails, naming the run, where its params are int8/int4 but `model` is float there.
+
+  Flax would only report a missing 'kernel' somewhere inside the encoder at the first
+  forward pass; this says that the run is quantized and how to load it.
+  """
+  flat = flax.traverse_util.flatten_dict(params.get('encoder', params), sep='/')
+  rules = model.encoder.projections if model is not None else ()
+  # The encoder's sites inside a TaskModel start with 'encoder/' (the rules see that).
+  floats = [s for s in _quantized_sites(flat) if projections.kind_at(
+      rules, f'encoder/{s}').partition(':')[0] not in QUANTIZED_KINDS]
+  if floats:
+    raise ValueError(_int8_as_float(workdir, floats, model is None))
+
+
+def _int8_as_float(where: str, sites: list[str], no_model_file: bool = False) -> str:
+  what = (f'{where} holds an int8/int4-quantized run ({len(sites)} quantized '
+          f'projection(s), e.g. {sites[:3]}) but ')
+  if no_model_file:
+    return what + (f'has no {MODEL_FILE}, so only a float model could be rebuilt (from '
+                   'config.model); write quantized runs with write_run, which records '
+                   'their int8 projections')
+  return what + (f'the model is float there; load it with its own {MODEL_FILE} '
+                 '(load_run, --config.init_from), or dequantize the params with '
+                 'projections.densify and drop the int8 projection rules')
+
+
 # -- runs as models ------------------------------------------------------------------
 
 def load_run(workdir: str, which: str = 'best', fallback_config=None) -> SavedRun:
@@ -206,6 +242,7 @@ def load_run(workdir: str, which: str = 'best', fallback_config=None) -> SavedRu
   spec = tasks.get_task(config.task)
   params, step = restore_params(workdir, which)
   model = read_model(workdir)
+  check_quantized(workdir, model, params)
   if model is None:
     logging.info('%s has no %s: rebuilding its architecture from %s', workdir, MODEL_FILE,
                  config.model)
@@ -254,6 +291,15 @@ def init_params(ref: str, model: TaskModel, fresh: Any) -> tuple[Any, list[str]]
   saved, _ = restore_params(folder, which)
   expected = flax.traverse_util.flatten_dict(fresh['encoder'], sep='/')
   got = flax.traverse_util.flatten_dict(saved['encoder'], sep='/')
+  # Name the commonest mismatch (an int8 run into a float model, or the reverse) plainly.
+  run_only, model_only = (_quantized_sites(set(got) - set(expected)),
+                          _quantized_sites(set(expected) - set(got)))
+  if run_only:
+    raise ValueError(_int8_as_float(f'{folder} ({which})', run_only))
+  if model_only:
+    raise ValueError(f'{folder} ({which}) holds float kernels where the model is int8/int4 '
+                     f'({model_only[:3]}); quantize the run with experiments.transform '
+                     '--transform ptq and start from that')
   problems = sorted(set(expected) ^ set(got)) or [
       f'{k}: run {np.shape(got[k])}, model {np.shape(v)}' for k, v in expected.items()
       if np.shape(got[k]) != np.shape(v)]

@@ -62,7 +62,7 @@ def factorize(config: EncoderConfig, params: Mapping[str, Any], *, rank: int | N
   Args:
     config: the encoder's config (its `projections` rules are extended).
     params: the encoder's params, or a TaskModel's (with an 'encoder' entry).
-    rank: keep this many singular values (capped at the kernel's smaller side).
+    rank: keep this many singular values (at most each chosen kernel's smaller side).
     energy: or keep the fewest whose squared sum reaches this fraction, in (0, 1].
     sites: regex (full match) over encoder sites, e.g. 'layer_\\d+/mlp/.*'.
 
@@ -80,7 +80,7 @@ def factorize(config: EncoderConfig, params: Mapping[str, Any], *, rank: int | N
   task = 'encoder' in params
   flat = flax.traverse_util.flatten_dict(params['encoder'] if task else params, sep='/')
   pattern = re.compile(sites)
-  rules, reports = [], []
+  rules, reports, matched = [], [], 0
   for path in sorted(flat):
     if not path.endswith('/kernel'):
       continue
@@ -90,8 +90,14 @@ def factorize(config: EncoderConfig, params: Mapping[str, Any], *, rank: int | N
     kernel = np.asarray(flat[path], np.float32)
     n_in = _IN_AXES.get(site.rsplit('/', 1)[-1], 1)
     m, n = math.prod(kernel.shape[:n_in]), math.prod(kernel.shape[n_in:])
+    matched += 1
     if min(m, n) == 0:
       continue
+    if rank is not None and rank > min(m, n):
+      # A rank-r factorization of an m x n kernel needs r <= min(m, n); asking for more
+      # is a mistake about the model (or the flag), not a request to stay dense.
+      raise ValueError(f'rank {rank} is above the rank of {site} (kernel {kernel.shape}, '
+                       f'{m} x {n}: at most {min(m, n)})')
     u, s, vt = np.linalg.svd(kernel.reshape(m, n).astype(np.float64), full_matrices=False)
     r = _rank_for(s, rank, energy)
     if r * (m + n) >= m * n:
@@ -102,6 +108,9 @@ def factorize(config: EncoderConfig, params: Mapping[str, Any], *, rank: int | N
     rules.append((f'(.*/)?{site}', f'low_rank:{r}'))
     kept = float(np.square(s[:r]).sum() / max(np.square(s).sum(), 1e-30))
     reports.append(SiteReport(site, kernel.shape, r, kept, m * n, r * (m + n)))
+  if not matched:
+    raise ValueError(f'sites {sites!r} match no dense projection kernel in params (sites '
+                     "look like 'layer_0/mlp/intermediate'; a factorized one has no kernel)")
   encoder = flax.traverse_util.unflatten_dict(flat, sep='/')
   new_params = {**params, 'encoder': encoder} if task else encoder
   new_config = config.replace(projections=tuple(rules) + tuple(config.projections))

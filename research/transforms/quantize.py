@@ -24,6 +24,7 @@ with `mixed_matmul`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from typing import Any, Mapping, Sequence
@@ -54,7 +55,7 @@ def fake_quant(x: jax.Array, bits: int, axes: Sequence[int] | None = None,
     symmetric: a zero-centred grid (weights) or a min/max grid with a zero point.
   """
   if not 2 <= bits <= 16:
-    raise ValueError(f'bits must be in 2..16, got {bits}')
+    raise ValueError(f'fake_quant: bits must be in 2..16, got {bits}')
   axes = tuple(range(x.ndim)) if axes is None else tuple(a % x.ndim for a in axes)
   xf = x.astype(jnp.float32)
   if symmetric:
@@ -85,7 +86,11 @@ class QuantSpec:
     for token in filter(None, (t.strip() for t in text.split(','))):
       match = re.fullmatch(r'([wa])(\d+)', token)
       if match:
-        fields['weight_bits' if match.group(1) == 'w' else 'activation_bits'] = int(match.group(2))
+        bits = int(match.group(2))
+        if bits and not 2 <= bits <= 16:  # 1 bit: a symmetric grid with no level but 0
+          raise ValueError(f'quantization spec {text!r}: {token!r} asks for {bits} bits; '
+                           'bits must be 0 (float) or in 2..16')
+        fields['weight_bits' if match.group(1) == 'w' else 'activation_bits'] = bits
       elif token == 'asym':
         fields['asymmetric'] = True
       elif token == 'token':
@@ -93,11 +98,7 @@ class QuantSpec:
       else:
         raise ValueError(f'quantization spec {text!r}: unknown part {token!r} (expected '
                          "'w<bits>', 'a<bits>', 'asym', 'token')")
-    spec = cls(**fields)
-    for bits in (spec.weight_bits, spec.activation_bits):
-      if bits and not 2 <= bits <= 16:
-        raise ValueError(f'quantization spec {text!r}: bits must be 0 or in 2..16')
-    return spec
+    return cls(**fields)
 
 
 def _parse_einsum(spec: str) -> tuple[str, str, str]:
@@ -147,7 +148,11 @@ products.register('fake_quant_act', activation_product)
 def qat_rules(spec: str, attention: bool = False) -> tuple[tuple[str, str], ...]:
   """Product rules that fake-quantize every projection (and, optionally, the attention
   products' activations); embeddings and LayerNorms stay float."""
-  QuantSpec.parse(spec)  # fail now on a bad spec
+  parsed = QuantSpec.parse(spec)  # fail now on a bad spec
+  if not (parsed.weight_bits or parsed.activation_bits):
+    # Otherwise a QAT run would train in float while its config says it is quantized.
+    raise ValueError(f'quantization spec {spec!r} quantizes nothing: give w<bits> and/or '
+                     'a<bits> with bits in 2..16 (e.g. w8,a8)')
   attention_rule = (ATTENTION_PRODUCTS, f'fake_quant_act:{spec}' if attention else 'default')
   return (attention_rule, ('.*', f'fake_quant:{spec}'))
 
@@ -231,6 +236,13 @@ def calibrate(model, params, batches, sites: str = PTQ_SITES) -> dict[str, dict[
   batches except 'max' (the maximum). Batches are dicts with 'input_ids',
   'attention_mask' and optional 'token_type_ids'.
   """
+  # Batches without rows have nothing to observe (and a max over no values has no
+  # identity): drop them, and fail before any tracing when none is left.
+  batches = (b for b in batches if np.shape(b['input_ids'])[0])
+  first = next(batches, None)
+  if first is None:
+    raise ValueError('calibrate: the batches hold no examples; calibration needs at least '
+                     'one (e.g. a few hundred training examples)')
   params = nn.meta.unbox(params)
   task = hasattr(model, 'objective')
   config = model.encoder if task else model.config
@@ -239,13 +251,16 @@ def calibrate(model, params, batches, sites: str = PTQ_SITES) -> dict[str, dict[
     jax.eval_shape(lambda: model.apply({'params': params}, ids, jnp.ones_like(ids)))
   prefix = 'encoder/' if task else ''
   chosen = sorted({s for s, _ in found if re.fullmatch(prefix + sites, s)})
+  if not chosen:
+    raise ValueError(f'calibrate: sites {sites!r} match no product of the model (its sites '
+                     f'are e.g. {sorted(s[len(prefix):] for s, _ in found)[:3]})')
   rules = tuple((re.escape(s), f'observe:{s}') for s in chosen) + config.products
   observed = config.replace(products=rules)
   observing = model.clone(**({'encoder': observed} if task else {'config': observed}))
   forward = jax.jit(lambda p, b: observing.apply(
       {'params': p}, b['input_ids'], b['attention_mask'], b.get('token_type_ids'))[0])
   _OBSERVED.clear()
-  for batch in batches:
+  for batch in itertools.chain([first], batches):
     jax.block_until_ready(forward(params, batch))
   jax.effects_barrier()
   stats = {}
@@ -401,9 +416,24 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
     raise ValueError(f'bits must be 4 or 8, got {bits}')
   if method not in CALIBRATIONS:
     raise ValueError(f'method must be one of {CALIBRATIONS}, got {method!r}')
+  if not stats:
+    raise ValueError('ptq: stats are empty, so nothing would be quantized; pass '
+                     "`calibrate`'s statistics of this model")
   params = nn.meta.unbox(params)
   task = 'encoder' in params
   flat = flax.traverse_util.flatten_dict(params['encoder'] if task else params, sep='/')
+  # A site without a dense kernel: stats of another model, or this one already int8.
+  unknown = sorted(site for site in stats if f'{site}/kernel' not in flat)
+  if unknown:
+    quantized = [s for s in unknown if f'{s}/qkernel' in flat or f'{s}/qkernel_int4' in flat]
+    raise ValueError(
+        f'ptq: stats name {len(unknown)} site(s) with no dense kernel in params: '
+        f'{unknown[:5]}' + (' (already quantized)' if quantized else
+                            ' (not in this model; calibrate this model and pass its stats)'))
+  lacking = sorted(site for site, s in stats.items() if method not in s)
+  if lacking:
+    raise ValueError(f'ptq: stats of {lacking[:5]} lack {method!r} (calibrate gives '
+                     f'{CALIBRATIONS})')
   rules = []
   # Q, K and V read one tensor: one input scale (the largest clip), so they can run as
   # one product with the input quantized once (`Int8.fused`).

@@ -32,8 +32,12 @@ def share(config: EncoderConfig, params: Mapping[str, Any], groups: int = 1,
   if parts not in PARTS:
     raise ValueError(f'parts must be one of {sorted(PARTS)}, got {parts!r}')
   layers = config.num_layers
+  if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+    raise ValueError(f'groups must be an int in 1..{layers}, got {groups!r}')
   if not 1 <= groups <= layers:
-    raise ValueError(f'groups must be in 1..{layers}, got {groups}')
+    # 0 groups would share an empty set of layers; more than `layers` leaves groups empty.
+    raise ValueError(f'groups must be in 1..{layers} (every group shares at least one '
+                     f'layer), got {groups}')
   if config.attention_map is not None or config.ffn_map is not None:
     raise ValueError('the encoder already shares layers; share an unshared model')
   mapping = tuple(i * groups // layers for i in range(layers))
@@ -43,6 +47,13 @@ def share(config: EncoderConfig, params: Mapping[str, Any], groups: int = 1,
   task = 'encoder' in params
   encoder = dict(params['encoder'] if task else params)
   shared = PARTS[parts]
+  missing = [f'layer_{i}' + ('' if f'layer_{i}' not in encoder else f'/{block}')
+             for i in range(layers) for block in shared
+             if f'layer_{i}' not in encoder or block not in encoder[f'layer_{i}']]
+  if missing:
+    raise ValueError(f'params lack {sorted(set(missing))[:5]}: share needs the encoder '
+                     f"params of all {layers} layers (or a TaskModel's, with an 'encoder' "
+                     'entry), each holding the shared parts')
   merged = {g: [i for i in range(layers) if mapping[i] == g] for g in range(groups)}
   out = {k: v for k, v in encoder.items() if not k.startswith('layer_')}
   for i in range(layers):

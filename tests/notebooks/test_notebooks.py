@@ -99,3 +99,27 @@ def test_notebook_installs_only_extras_the_project_defines():
     for match in re.finditer(r"research_repo\[([\w,]+)\]", source):
       assert set(match.group(1).split(',')) <= extras, (path.name, match.group(0))
     assert 'from experiments' not in source and 'import experiments' not in source, path.name
+
+
+@pytest.fixture(scope='module')
+def quantization_nb():
+  return execute('02_quantization.ipynb')
+
+
+def test_quantization_table_has_every_model_and_int8_is_smaller_on_disk(quantization_nb):
+  errors = [out for cell in quantization_nb.cells for out in cell.get('outputs', [])
+            if out.get('output_type') == 'error']
+  assert not errors, errors
+  text = stream_text(quantization_nb)
+  assert 'tiny=True' in text
+  rows = {m.group(1).strip(): dict(acc=float(m.group(2)), mb=float(m.group(3)),
+                                   speed=float(m.group(4)))
+          for m in re.finditer(r'^(float32|int8 .+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$',
+                               text, re.MULTILINE)}
+  assert set(rows) == {'float32', 'int8 PTQ (max)', 'int8 PTQ (percentile)',
+                       'int8 PTQ (mse)', 'int8 QAT w8a8 (max)'}, text
+  for name, row in rows.items():
+    assert 0 <= row['acc'] <= 100 and row['speed'] > 0, (name, row)
+    if name != 'float32':
+      # int8 projection kernels: a quarter of their float32 bytes (embeddings stay float).
+      assert row['mb'] < 0.8 * rows['float32']['mb'], (name, row, rows['float32'])

@@ -117,3 +117,32 @@ def test_factorized_embeddings_reproduce_low_rank_tables_with_fewer_parameters()
     low_rank.factorize_embeddings(config, small, 4)
   with pytest.raises(ValueError, match='size must be'):
     low_rank.factorize_embeddings(CONFIG, params, 32)
+
+
+def test_rank_must_be_positive_and_within_each_kernels_rank():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  for rank in (0, -1):
+    with pytest.raises(ValueError, match=f'rank must be >= 1, got {rank}'):
+      low_rank.factorize(CONFIG, params, rank=rank)
+  # Every projection of the tiny model has rank at most 32 (hidden size).
+  with pytest.raises(ValueError, match=r'rank 33 is above the rank of layer_0/attention/key '
+                                       r'\(kernel \(32, 4, 8\), 32 x 32: at most 32\)'):
+    low_rank.factorize(CONFIG, params, rank=33)
+  with pytest.raises(ValueError, match=r'rank 40 is above the rank of layer_0/mlp/intermediate'
+                                       r' .*32 x 64: at most 32'):
+    low_rank.factorize(CONFIG, params, rank=40, sites=r'layer_\d+/mlp/.*')
+  # Rank 32 is allowed, but saves nothing: every kernel stays dense.
+  config, _, reports = low_rank.factorize(CONFIG, params, rank=32)
+  assert reports == [] and config == CONFIG
+
+
+def test_sites_that_match_no_kernel_are_an_error():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="sites 'layer_5/.*' match no dense projection kernel"):
+    low_rank.factorize(CONFIG, params, rank=4, sites=r'layer_5/.*')
+  with pytest.raises(ValueError, match='match no dense projection kernel'):  # not a projection
+    low_rank.factorize(CONFIG, params, rank=4, sites=r'embeddings/.*')
+  # Factorized sites hold factors, not a kernel: doing it twice names that.
+  config, factored, _ = low_rank.factorize(CONFIG, params, rank=4, sites=r'layer_\d+/mlp/.*')
+  with pytest.raises(ValueError, match='a factorized one has no kernel'):
+    low_rank.factorize(config, factored, rank=2, sites=r'layer_\d+/mlp/.*')

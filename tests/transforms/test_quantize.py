@@ -195,3 +195,99 @@ def test_fully_quantized_bert_reaches_every_hook_site_and_trains():
   assert norms['layer_1/mlp/intermediate/kernel'] > 0
   with pytest.raises(ValueError, match='names no bits'):
     quantize.hook('asym')
+
+
+def test_16_bit_fake_quantization_is_nearly_the_identity():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 32)), jnp.float32)
+  for axes in (None, (0,)):
+    for symmetric in (True, False):
+      q = quantize.fake_quant(x, 16, axes, symmetric=symmetric)
+      # Half a step of the 16-bit grid: max|x| / 32767 (symmetric), range / 65535.
+      top = float(jnp.abs(x).max())
+      step = top / (2 ** 15 - 1) if symmetric else 2 * top / (2 ** 16 - 1)
+      assert float(jnp.abs(q - x).max()) <= step / 2 + 1e-6
+      np.testing.assert_allclose(q, x, rtol=0, atol=2e-5 * top)
+
+
+@pytest.mark.parametrize('bits', [0, 1, 33])
+def test_bad_bit_widths_are_named_errors(bits):
+  x = jnp.ones((4, 4))
+  with pytest.raises(ValueError, match=f'bits must be in 2..16, got {bits}'):
+    quantize.fake_quant(x, bits)
+  if bits:  # in a spec, 0 bits means float; 1 and 33 have no grid
+    for spec in (f'w{bits}', f'w8,a{bits}'):
+      with pytest.raises(ValueError, match=f"asks for {bits} bits; bits must be 0"):
+        quantize.QuantSpec.parse(spec)
+      with pytest.raises(ValueError, match=f"'{spec}'"):  # what --config.quant parses
+        quantize.qat_rules(spec)
+    with pytest.raises(ValueError, match=f'asks for {bits} bits'):
+      quantize.hook(f'a{bits}')
+  else:
+    # A QAT spec whose bits are all 0 would train in float under a quantized name.
+    for spec in ('w0', 'w0,a0', 'asym'):
+      with pytest.raises(ValueError, match='quantizes nothing'):
+        quantize.qat_rules(spec)
+    assert quantize.QuantSpec.parse('w0,a8') == quantize.QuantSpec(activation_bits=8)
+
+
+def _fake_stats(value=1.0):
+  return {f'layer_{i}/{site}': {'max': value, 'percentile': value, 'mse': value}
+          for i in range(CONFIG.num_layers)
+          for site in ('attention/query', 'attention/key', 'attention/value',
+                       'attention/out', 'mlp/intermediate', 'mlp/output')}
+
+
+def test_calibration_needs_examples_and_sites_that_exist():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  model = Encoder(CONFIG)
+  for batches in ([], iter(()), [{'input_ids': jnp.zeros((0, 8), jnp.int32),
+                                  'attention_mask': jnp.zeros((0, 8), jnp.int32)}]):
+    with pytest.raises(ValueError, match='batches hold no examples'):
+      quantize.calibrate(model, params, batches)
+  with pytest.raises(ValueError, match="sites 'layer_9/.*' match no product"):
+    quantize.calibrate(model, params, _batches(1), sites='layer_9/.*')
+
+
+def test_ptq_rejects_stats_that_name_no_projection_of_the_model():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='stats are empty'):
+    quantize.ptq(CONFIG, params, {})
+  stats = {**_fake_stats(), 'layer_7/mlp/output': {'max': 1.0, 'percentile': 1.0, 'mse': 1.0}}
+  with pytest.raises(ValueError, match=r"1 site\(s\) .*'layer_7/mlp/output'.*not in this model"):
+    quantize.ptq(CONFIG, params, stats)
+  config, qparams = quantize.ptq(CONFIG, params, _fake_stats())
+  with pytest.raises(ValueError, match='already quantized'):
+    quantize.ptq(config, qparams, _fake_stats())
+  lacking = {site: {'max': 1.0} for site in _fake_stats()}
+  with pytest.raises(ValueError, match="lack 'mse'"):
+    quantize.ptq(CONFIG, params, lacking, method='mse')
+
+
+def test_an_int8_run_loaded_as_float_is_a_named_error(tmp_path):
+  from research.models.heads import TaskModel  # pylint: disable=g-import-not-at-top
+  from research.objectives import Classification  # pylint: disable=g-import-not-at-top
+  from research.train import saved_runs  # pylint: disable=g-import-not-at-top
+  from research.train.defaults import trainer_defaults  # pylint: disable=g-import-not-at-top
+  model = TaskModel(CONFIG, Classification(num_labels=2))
+  ids = jnp.ones((1, 8), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))['params']
+  config, qparams = quantize.ptq(CONFIG, params, _fake_stats())
+  int8 = str(tmp_path / 'int8')
+  saved_runs.write_run(int8, model.clone(encoder=config), qparams, config=trainer_defaults())
+  # Starting a float model from it (--config.init_from with a float architecture).
+  with pytest.raises(ValueError, match=r'int8/int4-quantized run \(12 quantized projection'
+                                       r'.*the model is float there'):
+    saved_runs.init_params(f'{int8}:best', model, params)
+  # A run folder whose model.json says float.
+  (tmp_path / 'int8' / saved_runs.MODEL_FILE).unlink()
+  saved_runs.write_model(int8, model)
+  with pytest.raises(ValueError, match='int8/int4-quantized run .*the model is float there'):
+    saved_runs.load_run(int8)
+  # No model.json: only a float model could be rebuilt from config.model.
+  (tmp_path / 'int8' / saved_runs.MODEL_FILE).unlink()
+  with pytest.raises(ValueError, match='int8/int4-quantized run .*has no model.json'):
+    saved_runs.load_run(int8)
+  # The reverse: a float run into the int8 model.
+  saved_runs.write_run(str(tmp_path / 'float'), model, params, config=trainer_defaults())
+  with pytest.raises(ValueError, match='holds float kernels where the model is int8'):
+    saved_runs.init_params(f'{tmp_path / "float"}:best', model.clone(encoder=config), qparams)

@@ -69,3 +69,24 @@ def test_ffn_sharing_and_bad_arguments(params):
   uneven = CONFIG.replace(intermediate_size=(24, 24, 16, 16))
   with pytest.raises(ValueError, match='different sizes'):
     share.share(uneven, params)
+
+
+def test_an_empty_selection_of_layers_is_an_error(params):
+  with pytest.raises(ValueError, match=r'groups must be in 1..4 \(every group shares at least '
+                                       r'one layer\), got 0'):
+    share.share(CONFIG, params, groups=0)
+  with pytest.raises(ValueError, match='groups must be an int in 1..4, got 2.0'):
+    share.share(CONFIG, params, groups=2.0)
+  with pytest.raises(ValueError, match="parts must be one of .*got ''"):
+    share.share(CONFIG, params, parts='')
+  # Params without the encoder's layers (another subtree, or a TaskModel's head alone).
+  no_layers = {k: v for k, v in params.items() if not k.startswith('layer_')}
+  with pytest.raises(ValueError, match=r"params lack \['layer_0', 'layer_1', 'layer_2'"):
+    share.share(CONFIG, no_layers)
+  with pytest.raises(ValueError, match=r"params lack \['layer_0'"):
+    share.share(CONFIG, {'head': {}})
+  # A layer without the part to share.
+  partial = {**params, 'layer_2': {k: v for k, v in params['layer_2'].items() if k != 'mlp'}}
+  with pytest.raises(ValueError, match=r"params lack \['layer_2/mlp'\]"):
+    share.share(CONFIG, partial, parts='ffn')
+  share.share(CONFIG, partial, parts='attention')  # its attention is all that is shared
