@@ -1,71 +1,73 @@
 r"""Op-level cost profile of MiniLM inference and training, from profiler traces.
 
-    python benchmarks/op_profile.py --quick                 # a small subset (minutes)
-    python benchmarks/op_profile.py                         # full sweep (long on 2 cores)
+    python benchmarks/op_profile.py --quick        # batch 1, lengths 64 and 256 (minutes)
+    python benchmarks/op_profile.py                # the full sweep (hours on 2 cores)
     python benchmarks/op_profile.py --modes inference --dtypes float32,int8 \
-        --batches 8 --lengths 64,512 --png docs/op_profile.png --show_ops 15
+        --batches 8 --lengths 64,512 --show_ops 15 --png /tmp/op_profile.png
 
 In the spirit of Pati et al., "Demystifying BERT: implications for accelerator design"
-(IISWC 2021), whose findings were: projection GEMMs dominate at short sequence lengths;
-the attention score/context products and softmax grow with sequence length; non-GEMM
-ops take a large share of training time. The bundled MiniLM-L6 (`load_pretrained`) runs
-(a) an inference forward pass (`Encoder.apply`, last hidden state) and (b) a full
-training step (the trainer's own `make_train_step`: forward + backward + global-norm
-clipping + AdamW, as benchmarks/finetune_cpu.py builds it, dropout 0.1), at sequence
-lengths 64/128/256/512 and batches 1/8/32, in float32, bfloat16 (the encoder config's
-`dtype`) and int8 (`quantize.calibrate` then `quantize.ptq`, as benchmarks/int8_cpu.py;
-inference only; calibrated on random token ids, which sets scales, not speed). Inputs are
-random token ids with a full attention mask.
+(IISWC 2021): projection GEMMs dominate at short sequence lengths; the attention
+score/context products and softmax grow with length; non-GEMM ops take a large share of
+training time. The bundled MiniLM-L6 runs (a) inference (`Encoder.apply`, last hidden
+state) and (b) the trainer's own train step (`make_train_step`, built as in
+benchmarks/finetune_cpu.py: forward, backward, global-norm clipping, AdamW; dropout
+0.1) at lengths 64/128/256/512 and batches 1/8/32, in float32, bfloat16 (the encoder
+config's `dtype`) and int8 (`quantize.calibrate` then `quantize.ptq` as in
+benchmarks/int8_cpu.py, inference only, calibrated on random ids: scales, not speed).
+Inputs are random token ids with a full attention mask.
 
-How time is measured (the profiler, not FLOP counts). Each configuration is compiled
-once (`jit(...).lower(...).compile()`), run `--warmup` times, timed untraced for the
-wall time (`total ms`, median of `--steps` calls), then run `--steps` more times under
-`jax.profiler.trace`. The XSpace it writes (`*.xplane.pb`) is read back with
-`jax.profiler.ProfileData`, and every event that names an HLO instruction of the
-compiled module (stat `hlo_op`, same `hlo_module`) is one op execution:
-- XLA:CPU: its thunk executor emits one event per thunk only when the module is
-  compiled with `xla_cpu_enable_xprof_traceme` (passed here as a compiler option of
-  this benchmark's compile; nothing global). The event spans the thunk's `Execute`
-  call; a thunk that finishes asynchronously (e.g. an Eigen dot on the intra-op pool)
-  also emits an 'end: <op>' event linked to it by the producer/consumer context id.
-  Such an op is taken to end at that event, or earlier at the first op that its
-  completion callback started on the completing thread (the callbacks run last-in,
-  first-out, so the executor's continuation runs before the 'end:' marker).
-- GPU/TPU: the device planes' kernel events, each with its `hlo_op` (several kernels of
-  one op add up); host-side events are then ignored. (Written for GPU, not yet run on
-  one: if kernel events lack `hlo_op`, their names are matched against the HLO.)
-Shares are of the summed op time ("op ms"); `cover` = op ms / traced wall time (under
-100% on CPU: dispatch and waits between thunks; over 100% when ops overlap).
+Timing comes from the profiler, not FLOP counts. Each configuration is compiled once,
+run `--warmup` times, timed untraced (`total ms`: median of `--steps` calls), then run
+`--steps` times under `jax.profiler.trace`. The XSpace it writes (`*.xplane.pb`) is read
+with `jax.profiler.ProfileData`; each event naming an HLO instruction of the compiled
+module (stats `hlo_op`, `hlo_module`) is one execution of that op:
+- XLA:CPU emits one event per thunk only for modules compiled with
+  `xla_cpu_enable_xprof_traceme` (a compiler option of this benchmark's own compile).
+  It spans the thunk's `Execute` call. A thunk that completes asynchronously (Eigen dots
+  of the backward pass, large parallel loops) also emits an 'end: <op>' event, linked
+  by context id, on the completing thread after the executor's continuation there
+  (callbacks run last-in, first-out); the op is taken to end where that continuation
+  began (`async_finish`). Each row's `async_ops` bounds this: those ops' time as bare
+  `Execute` calls, as used, and up to their 'end:' events.
+- GPU/TPU: the device planes' kernel events with their `hlo_op`; host events are then
+  ignored. Written for GPU but not yet run on one; events that match no instruction
+  count as 'other' and are reported as `unmatched_ms`.
+An op's time per call is its median execution times its executions per call. Shares are
+of the summed op time (`op ms`); `cover` = op ms / traced wall time (over 100%: XLA:CPU
+ran independent thunks concurrently, e.g. the per-call weight casts and QKV kernel
+concatenations beside the first layer, and on a busy 2-core host they slow each other).
+Control-flow ops (call, while) are skipped: their nested ops have their own events.
 
-How an op is classified (`classify_instruction`, `classify_op`, pure functions below):
-from the optimized HLO (`compiled.as_text()`), an op's class comes from its opcode and
-those of the instructions it fuses, their jax `op_name` metadata (flax module paths
-such as 'layer_0/attention/...', 'attention_norm', 'mlp', 'embeddings', plus the einsum
-spec the product seam records, e.g. 'bhqd,bhkd->bhqk') and dot batch dimensions:
-  proj   projection GEMMs (Q/K/V fused or not, attention output, FFN in/out, pooler,
-         classifier; dots without batch dimensions, forward and backward), with the
-         element-wise work XLA runs under their scope (bias add, int8 (de)quantization)
-  attn   attention score and context products (dots with batch dimensions [b, h])
-  smax   softmax with its scale and mask (element-wise and reductions in the attention
-         module's own scope), forward and backward
-  LN     LayerNorm (incl. the residual add fused with it), forward and backward
+An op is classified (`classify_instruction`, `classify_op`: pure functions) from the
+optimized HLO (`compiled.as_text()`): the opcodes of the op and of what it fuses, their
+jax `op_name` (flax module paths: 'attention', 'attention_norm', 'mlp', 'embeddings',
+...; the einsum spec the product seam records, e.g. 'bhqd,bhkd->bhqk'; named scopes),
+dot batch dimensions, and the innermost stack frame's file (work traced in the product
+seam, research/models/{mixed_matmul,products,projections}.py or quantize.py, counts
+with its product):
+  proj   projection GEMMs (dots without batch dims: Q/K/V, attention output, FFN, head),
+         forward and backward, with bias add/gradient and int8 (de)quantization
+  attn   attention score and context products (dots with batch dims [b, h])
+  smax   softmax with its scale and mask add, forward and backward
+  LN     LayerNorm (with the residual add XLA fuses into it), forward and backward
   GELU   the FFN activation, forward and backward
-  emb    embedding gathers (and the scatter-add of their gradient), position/type adds
-  opt    the optimizer update (AdamW, clipping): the benchmark runs the trainer's `tx`
-         under `jax.named_scope('optimizer_update')`; `apply_updates` fuses into it
-  data   transpose/copy/reshape/concatenate/pad/broadcast/convert/slice ops only
-  other  the rest: dropout and its random bits, residual adds not fused into a
-         LayerNorm, loss, pooling, the attention mask, gradient/param norms
-A fusion takes the class of its strongest member, in the order: a dot (GEMM) >
-embedding gather > optimizer > softmax > GELU > LayerNorm > embedding adds > GEMM
-epilogue > other > data movement. So what XLA fuses into a product is counted with
-the product: on XLA:CPU (YNNPACK) the score product is fused with the scale, mask, max
-and exp of the softmax, which then count as 'attn' (the row's smax holds the rest of
-the softmax: sum, division and the backward); 'attn+smax' is the robust figure.
+  emb    embedding gathers, position/type adds, the tables' gradients (zero fill, scatter)
+  opt    the optimizer update: the trainer's `tx.update` runs under
+         `jax.named_scope('optimizer_update')` here; `apply_updates` fuses into it
+  data   ops made only of transpose/copy/reshape/concatenate/pad/broadcast/convert/slice
+  other  the rest: dropout and its random bits (also given alone: `other_dropout_ms`),
+         the attention mask, unfused residual adds, pooling, loss, norms of the metrics
+A fusion takes the class of its strongest member: dot > embedding gather > optimizer >
+softmax > GELU > LayerNorm > other embedding ops > GEMM epilogue > other > data (a
+broadcast of a scalar last: CSE may have given it any user's metadata). So what XLA
+fuses into a product counts with it: XLA:CPU (YNNPACK) fuses the score product with the
+scale, mask, max and exp of the softmax, which then count as 'attn' (smax keeps the sum,
+division and backward); 'attn+smax' does not depend on such fusion choices. An unfused
+eager profile, as the paper's PyTorch one, would split the same work differently.
 
-Output: one table row per mode x dtype x batch x length (shares in %, total ms, op ms,
-cover), a stacked-bar PNG (`--png`, default docs/op_profile.png; '' to skip), the
-paper's three findings computed from the measured shares, and, last, one JSON line.
+Output: a table row per mode x dtype x batch x length (% per class, total ms, op ms,
+cover), a stacked-bar PNG (`--png`, default docs/op_profile.png; '' for none; needs
+matplotlib), the paper's three findings computed from the shares, and last one JSON line.
 """
 from __future__ import annotations
 
@@ -116,6 +118,8 @@ _NORMS = {'attention_norm', 'output_norm', 'layer_norm', 'final_norm', 'LayerNor
           'layernorm'}
 _PROJECTIONS = {'query', 'key', 'value', 'out', 'intermediate', 'output', 'pooler',
                 'projection', 'dense', 'classifier', 'head', 'kernel'}
+# Files of the product seam (research/models/): ops traced there belong to a product.
+_SEAM_FILES = {'mixed_matmul.py', 'products.py', 'projections.py', 'quantize.py'}
 _GEMM_TARGET = re.compile(r'gemm|matmul|cublas|\$dot', re.I)
 _ATTENTION_TARGET = re.compile(r'fmha|flash|attention', re.I)
 # Strength of each class when a fusion mixes several (higher wins).
@@ -133,13 +137,20 @@ def einsum_batched(spec: str) -> bool | None:
   return bool(set(lhs) & set(rhs) & set(out))
 
 
+def is_dropout(op_name: str) -> bool:
+  """Whether an op_name belongs to dropout or its random bits."""
+  return any(s.lower().startswith('dropout') for s in op_name.split('/')[:-1]) or any(
+      k in op_name for k in ('random_bits', 'threefry', 'rng_bit_generator'))
+
+
 def _module(segment: str) -> str:
   """'layer_0.attention_block' -> 'layer_0'; 'transpose(jvp(Encoder))' stays."""
   return segment.split('.')[0] if '(' not in segment else segment
 
 
 def classify_instruction(opcode: str, op_name: str = '', batched: bool | None = None,
-                         target: str = '') -> tuple[str, int] | None:
+                         target: str = '', scalar: bool = False, source: str = ''
+                         ) -> tuple[str, int] | None:
   """(class, rank) of one HLO instruction; None for one that does no work.
 
   Args:
@@ -149,7 +160,15 @@ def classify_instruction(opcode: str, op_name: str = '', batched: bool | None = 
     batched: for dots, whether they have batch dimensions (None = unknown: then the
       einsum spec in op_name decides).
     target: a custom-call's target (e.g. '__cublas$gemm').
+    scalar: a broadcast of a scalar: its metadata may come from any user of an equal
+      one (XLA's CSE), so its class ranks below every other member of a fusion.
+    source: the file that traced it (innermost stack frame), e.g. 'mixed_matmul.py':
+      element-wise work of the product seam (a bias add outside any projection's
+      scope, as the fused QKV product's; (de)quantization) counts with its product.
   """
+  if scalar:
+    found = classify_instruction(opcode, op_name, batched, target, source=source)
+    return None if found is None else (found[0], -1)
   segments = op_name.split('/') if op_name else []
   spec_batched = [b for b in map(einsum_batched, segments) if b is not None]
   if opcode in ('dot', 'convolution') or (opcode == 'custom-call' and
@@ -164,14 +183,17 @@ def classify_instruction(opcode: str, op_name: str = '', batched: bool | None = 
   modules = [_module(s) for s in segments[:-1]]  # the last segment is the primitive
   if opcode in ('gather', 'scatter') and 'embeddings' in modules:
     return 'emb', _RANK['emb_gather']
+  if any(m.endswith('_embeddings') for m in modules):  # a table's own ops (its gradient)
+    return 'emb', _RANK['emb']
   if opcode in _DATA:
     return 'data', _RANK['data']
+  if os.path.basename(source) in _SEAM_FILES:
+    return ('attn' if spec_batched and spec_batched[-1] else 'proj'), _RANK['epilogue']
   if any(m.startswith(OPTIMIZER_SCOPE) for m in modules):
     return 'opt', _RANK['opt']
   if any(m in _NORMS for m in modules):
     return 'LN', _RANK['LN']
-  if any(m.lower().startswith('dropout') for m in modules) or any(
-      k in op_name for k in ('random_bits', 'threefry', 'random_wrap', 'rng_bit')):
+  if is_dropout(op_name):
     return 'other', _RANK['other']
   if 'embeddings' in modules:
     return 'emb', _RANK['emb']
@@ -194,8 +216,9 @@ def classify_op(parts) -> str | None:
   """The class of one executed op (a thunk or kernel) from the instructions it runs.
 
   Args:
-    parts: (opcode, op_name, batched, target) of the op and of every instruction it
-      fuses (the members of a fusion's computation).
+    parts: (opcode, op_name, batched, target, scalar, source) of the op and of every
+      instruction it fuses (the members of a fusion's computation); see
+      `classify_instruction`.
   Returns:
     One of CLASSES, or None for control flow (its nested ops are counted instead).
   """
@@ -220,6 +243,8 @@ class Instruction:
   batched: bool | None
   target: str
   calls: tuple[str, ...]
+  scalar: bool = False  # a broadcast of a scalar
+  frame: int = 0  # stack_frame_id (0 = none)
 
 
 _HEADER = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s*[(\s].*\{\s*$')
@@ -269,18 +294,50 @@ def parse_hlo(text: str) -> tuple[str, dict[str, list[Instruction]], dict[str, I
     calls = []
     for group in _CALLS.findall(rest):
       calls += [c.strip().lstrip('%') for c in group.strip('{}').split(',') if c.strip()]
+    scalar = op.group(1) == 'broadcast' and bool(re.search(r'\bdimensions=\{\}', rest))
+    frame = re.search(r'\bstack_frame_id=(\d+)', rest)
     current.append(Instruction(name, op.group(1), op_name.group(1) if op_name else '',
-                               batched, target.group(1) if target else '', tuple(calls)))
+                               batched, target.group(1) if target else '', tuple(calls),
+                               scalar, int(frame.group(1)) if frame else 0))
   by_name = {i.name: i for instrs in computations.values() for i in instrs}
   return (module.group(1) if module else ''), computations, by_name
 
 
-def op_class_table(text: str) -> tuple[str, dict[str, str | None]]:
-  """(module name, class of every instruction an event may name) from HLO text."""
+def source_files(text: str) -> dict[int, str]:
+  """stack_frame_id -> the file of that (innermost) frame, from the tables at the end
+  of an HLO module's text (FileNames, FileLocations, StackFrames)."""
+  def table(title):
+    found = re.search(rf'^{title}\n(.*?)(?:\n\s*\n|\Z)', text, re.S | re.M)
+    rows = {}
+    for line in (found.group(1).splitlines() if found else ()):
+      key, _, value = line.strip().partition(' ')
+      if key.isdigit():
+        rows[int(key)] = value
+    return rows
+
+  files = {k: v.strip().strip('"') for k, v in table('FileNames').items()}
+  locations = {}
+  for k, v in table('FileLocations').items():
+    found = re.search(r'file_name_id=(\d+)', v)
+    if found:
+      locations[k] = files.get(int(found.group(1)), '')
+  frames = {}
+  for k, v in table('StackFrames').items():
+    found = re.search(r'file_location_id=(\d+)', v)
+    if found:
+      frames[k] = locations.get(int(found.group(1)), '')
+  return frames
+
+
+def op_class_table(text: str) -> tuple[str, dict[str, str | None], set[str]]:
+  """(module name, class of every instruction an event may name, the names of the
+  'other' ops that are dropout or its random bits) from HLO text."""
   module, computations, by_name = parse_hlo(text)
+  frames = source_files(text)
 
   def members(instr, seen):
-    yield (instr.opcode, instr.op_name, instr.batched, instr.target)
+    yield (instr.opcode, instr.op_name, instr.batched, instr.target, instr.scalar,
+           frames.get(instr.frame, ''))
     for called in instr.calls:
       if called in seen:
         continue
@@ -288,7 +345,13 @@ def op_class_table(text: str) -> tuple[str, dict[str, str | None]]:
       for inner in computations.get(called, ()):
         yield from members(inner, seen)
 
-  return module, {name: classify_op(members(instr, set())) for name, instr in by_name.items()}
+  classes, dropout = {}, set()
+  for name, instr in by_name.items():
+    parts = list(members(instr, set()))
+    classes[name] = classify_op(parts)
+    if classes[name] == 'other' and any(is_dropout(p[1]) for p in parts):
+      dropout.add(name)
+  return module, classes, dropout
 
 
 # -- Profiler events --------------------------------------------------------------------
@@ -297,28 +360,67 @@ def _stats(event) -> dict:
   return {k: v for k, v in event.stats}
 
 
-def op_times(xspace_path: str, module: str, known: set[str]) -> tuple[dict[str, float], float]:
-  """Seconds per HLO op (summed over its executions) in a trace, and unmatched seconds.
+IDLE_GAP_NS = 50_000  # a thread idle this long between two ops was waiting
+
+
+def async_finish(starts: list[float], ends: list[float], returned: float,
+                 marker: float) -> float:
+  """When an asynchronous XLA:CPU thunk finished (ns), from the thread that completed it.
+
+  Args:
+    starts, ends: the op events of the completing thread, sorted by start.
+    returned: when the thunk's `Execute` call returned.
+    marker: its 'end:' event, emitted on the completing thread after the executor's
+      continuation (completion callbacks run last-in, first-out).
+  Returns:
+    The start of the run of back-to-back ops (no idle gap of IDLE_GAP_NS) that ends at
+    the marker: the continuation started by the completion; the marker if there is none.
+  """
+  lo = bisect.bisect_left(starts, returned)
+  hi = bisect.bisect_left(starts, marker)
+  finish = marker
+  for i in range(hi - 1, lo - 1, -1):
+    if finish - ends[i] > IDLE_GAP_NS:
+      break
+    finish = starts[i]
+  return finish
+
+
+def op_times(xspace_path: str, module: str, known: set[str]
+             ) -> tuple[dict[str, float], float, list[tuple[float, float, float]]]:
+  """Seconds per HLO op (over all its executions) in a trace, unmatched seconds, and
+  (Execute-call, used, to-'end:'-marker) seconds of each asynchronous CPU op.
 
   Device planes (GPU/TPU kernels) are used when present; otherwise the host's XLA:CPU
-  thunk events, each ending at its linked 'end:' event or at the first op its
-  completion callback started (see the module docstring).
+  thunk events; an asynchronous one ends where `async_finish` says.
   """
+  asynchronous: list[tuple[float, float, float]] = []
   data = jax.profiler.ProfileData.from_file(xspace_path)
   planes = list(data.planes)
   device = [p for p in planes if p.name.startswith('/device:') and
             not p.name.startswith('/device:CUSTOM')]
-  totals: dict[str, float] = {}
-  unmatched = 0.0
+  found: list[tuple[str, str, float, str]] = []  # (op, event name, seconds, module)
 
-  def add(op, seconds, stats):
-    nonlocal unmatched
-    if stats.get('hlo_module', module) != module and op not in known:
-      return
-    if op in known:
-      totals[op] = totals.get(op, 0.0) + seconds
-    else:
-      unmatched += seconds
+  def add(op, name, seconds, stats):
+    found.append((op, name, seconds, str(stats.get('hlo_module', ''))))
+
+  def result():
+    # Only this module's ops (a trace also holds e.g. the step's argument transfers);
+    # if no event names its module (a renamed module), every event counts.
+    ours = [f for f in found if f[3] == module] or found
+    runs: dict[tuple[str, str], list[float]] = {}
+    unmatched = 0.0
+    for op, name, seconds, _ in ours:
+      if op in known:
+        runs.setdefault((op, name), []).append(seconds)
+      else:
+        unmatched += seconds
+    # An op's (or kernel's) total is its median execution times its count: one
+    # execution slowed by the host (preempted, page faults) does not skew it.
+    totals: dict[str, float] = {}
+    for (op, _), times in runs.items():
+      totals[op] = totals.get(op, 0.0) + statistics.median(times) * len(times)
+    return totals, unmatched, asynchronous
 
   if device:
     for plane in device:
@@ -334,8 +436,8 @@ def op_times(xspace_path: str, module: str, known: set[str]) -> tuple[dict[str, 
           stats = _stats(event)
           op = str(stats.get('hlo_op', event.name))
           if 'hlo_op' in stats or op in known:
-            add(op, event.duration_ns * 1e-9, stats)
-    return totals, unmatched
+            add(op, event.name, event.duration_ns * 1e-9, stats)
+    return result()
 
   host = [p for p in planes if p.name == '/host:CPU']
   starts, ends, line_starts = [], {}, {}
@@ -349,28 +451,27 @@ def op_times(xspace_path: str, module: str, known: set[str]) -> tuple[dict[str, 
         elif 'hlo_op' in stats:
           starts.append((key, event.start_ns, event.end_ns, str(stats['hlo_op']),
                          stats.get('_p'), stats))
-          line_starts.setdefault(key, []).append(event.start_ns)
-  for values in line_starts.values():
-    values.sort()
+          line_starts.setdefault(key, []).append((event.start_ns, event.end_ns))
+  line_ends = {}
+  for key, spans in line_starts.items():
+    spans.sort()
+    line_starts[key] = [s for s, _ in spans]
+    line_ends[key] = [e for _, e in spans]
   for _, start, end, op, producer, stats in starts:
     finish = end
     if producer in ends and ends[producer][1] > end:
       key, marker = ends[producer]
-      finish = marker
-      times = line_starts.get(key, [])
-      i = bisect.bisect_left(times, end)
-      if i < len(times) and times[i] < marker:
-        finish = times[i]
-    add(op, (finish - start) * 1e-9, stats)
-  return totals, unmatched
+      finish = async_finish(line_starts.get(key, []), line_ends.get(key, []), end, marker)
+      asynchronous.append(((end - start) * 1e-9, (finish - start) * 1e-9,
+                           (marker - start) * 1e-9))
+    add(op, op, (finish - start) * 1e-9, stats)
+  return result()
 
 
-def profile(compiled, args, steps: int, warmup: int, carry=None):
-  """Runs `compiled` untraced and traced; returns (wall s, traced wall s, seconds per op).
-
-  `carry(out, args)` gives the next call's arguments (train steps donate their state).
-  """
-  module, classes = op_class_table(compiled.as_text())
+def profile(compiled, args, steps: int, warmup: int, carry=None) -> tuple[dict, list]:
+  """Runs `compiled` untraced, then traced: (row figures, [(seconds, op, class)] costliest
+  first). `carry(out, args)` gives the next call's arguments (a train step's state)."""
+  module, classes, dropout = op_class_table(compiled.as_text())
 
   def run(n):
     nonlocal args
@@ -390,19 +491,27 @@ def profile(compiled, args, steps: int, warmup: int, carry=None):
     options = jax.profiler.ProfileOptions()
     options.python_tracer_level = 0
     with jax.profiler.trace(folder, profiler_options=options):
-      traced = run(steps)
+      traced = statistics.median(run(steps))
     path, = glob.glob(os.path.join(folder, 'plugins', 'profile', '*', '*.xplane.pb'))
-    per_op, unmatched = op_times(path, module, set(classes))
+    per_op, unmatched, asynchronous = op_times(path, module, set(classes))
   finally:
     shutil.rmtree(folder, ignore_errors=True)
-  by_class = dict.fromkeys(CLASSES, 0.0)
+  ms = dict.fromkeys(CLASSES, 0.0)
   for op, seconds in per_op.items():
-    cls = classes.get(op)
-    if cls is not None:
-      by_class[cls] += seconds / steps
-  by_class['other'] += unmatched / steps
+    if classes.get(op) is not None:
+      ms[classes[op]] += seconds / steps * 1e3
+  ms['other'] += unmatched / steps * 1e3
+  total = sum(ms.values())
+  bounds = [sum(a[i] for a in asynchronous) / steps * 1e3 for i in range(3)]
+  row = {'total_ms': wall * 1e3, 'traced_ms': traced * 1e3, 'op_ms': total,
+         'cover': 100.0 * total / (traced * 1e3) if traced else 0.0,
+         'shares': {c: 100.0 * ms[c] / total if total else 0.0 for c in CLASSES}, 'ms': ms,
+         'other_dropout_ms': sum(s for op, s in per_op.items() if op in dropout) / steps * 1e3,
+         'unmatched_ms': unmatched / steps * 1e3,
+         'async_ops': {'count': len(asynchronous) // steps, 'execute_call_ms': bounds[0],
+                       'used_ms': bounds[1], 'to_end_marker_ms': bounds[2]}}
   top = sorted(((s / steps, op, classes.get(op)) for op, s in per_op.items()), reverse=True)
-  return wall, statistics.median(traced), by_class, unmatched / steps, top
+  return row, top
 
 
 # -- The two workloads ------------------------------------------------------------------
@@ -482,62 +591,58 @@ def table_header() -> str:
 
 
 def findings(rows: list[dict]) -> tuple[list[str], dict]:
-  """The paper's three findings, checked against the measured shares."""
-  lines, out = [], {'projection_gemm_short_vs_long': [], 'attention_growth': [],
-                    'non_gemm_share': []}
+  """The paper's three findings, checked against the measured shares: (lines, figures)."""
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
     groups.setdefault((row['mode'], row['dtype'], row['batch']), []).append(row)
+  share = lambda r, *classes: sum(r['shares'][c] for c in classes)
+  lines, trends = [], []
   for (mode, dtype, batch), group in sorted(groups.items()):
-    group.sort(key=lambda r: r['length'])
-    short, long_ = group[0], group[-1]
-    top = max(CLASSES, key=lambda c: short['shares'][c])
-    entry = {'mode': mode, 'dtype': dtype, 'batch': batch, 'short': short['length'],
-             'long': long_['length'], 'proj_short': short['shares']['proj'],
-             'proj_long': long_['shares']['proj'], 'largest_class_short': top}
-    out['projection_gemm_short_vs_long'].append(entry)
-    attn = lambda r: r['shares']['attn'] + r['shares']['smax']
-    out['attention_growth'].append({
-        'mode': mode, 'dtype': dtype, 'batch': batch, 'short': short['length'],
-        'long': long_['length'], 'attn_smax_short': attn(short), 'attn_smax_long': attn(long_),
-        'smax_short': short['shares']['smax'], 'smax_long': long_['shares']['smax']})
-    if len(group) > 1:
-      lines.append(
-          f'  {mode} {dtype} b{batch}: proj GEMM {short["shares"]["proj"]:.0f}% at len '
-          f'{short["length"]} -> {long_["shares"]["proj"]:.0f}% at {long_["length"]} '
-          f'(largest class at len {short["length"]}: {top}); attn+smax '
-          f'{attn(short):.0f}% -> {attn(long_):.0f}% (smax {short["shares"]["smax"]:.0f}% -> '
-          f'{long_["shares"]["smax"]:.0f}%)')
-    else:
-      lines.append(f'  {mode} {dtype} b{batch} len {short["length"]}: proj GEMM '
-                   f'{short["shares"]["proj"]:.0f}% (largest: {top}), attn+smax '
-                   f'{attn(short):.0f}% (one length: no trend)')
-  verdict = []
-  multi = [e for e in out['projection_gemm_short_vs_long'] if e['short'] != e['long']]
+    short, long_ = min(group, key=lambda r: r['length']), max(group, key=lambda r: r['length'])
+    trend = {'mode': mode, 'dtype': dtype, 'batch': batch, 'short': short['length'],
+             'long': long_['length'], 'largest_at_short': max(CLASSES, key=short['shares'].get),
+             **{f'{k}_{end}': share(r, *classes) for k, classes in (
+                 ('proj', ('proj',)), ('attn_smax', ('attn', 'smax')), ('smax', ('smax',)))
+                for end, r in (('short', short), ('long', long_))}}
+    trends.append(trend)
+    lines.append(f'  {mode} {dtype} b{batch}: proj GEMM {trend["proj_short"]:.0f}% at len '
+                 f'{short["length"]} -> {trend["proj_long"]:.0f}% at {long_["length"]} '
+                 f'(largest class at {short["length"]}: {trend["largest_at_short"]}); '
+                 f'attn+smax {trend["attn_smax_short"]:.0f}% -> {trend["attn_smax_long"]:.0f}% '
+                 f'(smax {trend["smax_short"]:.0f}% -> {trend["smax_long"]:.0f}%)')
+  multi = [t for t in trends if t['short'] != t['long']]
+  out = {'trends': trends, 'groups_with_two_lengths': len(multi),
+         'proj_largest_at_short': sum(t['largest_at_short'] == 'proj' for t in multi),
+         'proj_share_falls': sum(t['proj_long'] < t['proj_short'] for t in multi),
+         'attn_smax_grows': sum(t['attn_smax_long'] > t['attn_smax_short'] for t in multi)}
   if multi:
-    dominant = sum(e['largest_class_short'] == 'proj' for e in multi)
-    shrink = sum(e['proj_long'] < e['proj_short'] for e in multi)
-    grow = sum(e['attn_smax_long'] > e['attn_smax_short'] for e in out['attention_growth']
-               if e['short'] != e['long'])
-    verdict.append(f'1. projection GEMMs the largest class at the shortest length in '
-                   f'{dominant}/{len(multi)} groups; their share falls with length in '
-                   f'{shrink}/{len(multi)}.')
-    verdict.append(f'2. attention products + softmax share grows with length in '
-                   f'{grow}/{len(multi)} groups.')
-    out['summary'] = {'groups': len(multi), 'proj_largest_at_short': dominant,
-                      'proj_share_falls': shrink, 'attn_smax_grows': grow}
+    lines.append(f'1. projection GEMMs are the largest class at the shortest length in '
+                 f'{out["proj_largest_at_short"]}/{len(multi)} groups; their share falls '
+                 f'with length in {out["proj_share_falls"]}/{len(multi)}.')
+    lines.append(f'2. attention products + softmax grow with length in '
+                 f'{out["attn_smax_grows"]}/{len(multi)} groups.')
   else:
-    verdict.append('1./2. need at least two lengths per group (--lengths).')
+    lines.append('1./2. need two lengths or more per group (--lengths).')
+  text = []
   for mode in ('inference', 'training'):
-    nongemm = [100.0 - r['shares']['proj'] - r['shares']['attn'] for r in rows
-               if r['mode'] == mode]
-    if nongemm:
-      out['non_gemm_share'].append({'mode': mode, 'min': min(nongemm), 'max': max(nongemm),
-                                    'mean': statistics.fmean(nongemm)})
-  text = ', '.join(f'{e["mode"]} {e["min"]:.0f}-{e["max"]:.0f}% (mean {e["mean"]:.0f}%)'
-                   for e in out['non_gemm_share'])
-  verdict.append(f'3. non-GEMM share of op time: {text or "n/a"}.')
-  return lines + verdict, out
+    mine = [r for r in rows if r['mode'] == mode]
+    if not mine:
+      continue
+    non_gemm = [100.0 - share(r, *GEMM) for r in mine]
+    means = {c: statistics.fmean(r['shares'][c] for r in mine) for c in CLASSES
+             if c not in GEMM}
+    means['other_dropout'] = statistics.fmean(
+        100.0 * r['other_dropout_ms'] / r['op_ms'] if r['op_ms'] else 0.0 for r in mine)
+    out[f'non_gemm_{mode}'] = {'min': min(non_gemm), 'max': max(non_gemm),
+                               'mean': statistics.fmean(non_gemm), 'mean_shares': means}
+    largest = sorted((c for c in means if c != 'other_dropout'), key=means.get,
+                     reverse=True)[:3]
+    text.append(f'{mode} {min(non_gemm):.0f}-{max(non_gemm):.0f}% (mean '
+                f'{statistics.fmean(non_gemm):.0f}%; largest: ' + ', '.join(
+                    f'{c} {means[c]:.0f}%' for c in largest)
+                + f'; dropout+RNG {means["other_dropout"]:.0f}%)')
+  lines.append('3. non-GEMM share of op time: ' + ('; '.join(text) or 'n/a') + '.')
+  return lines, out
 
 
 def plot(rows: list[dict], path: str) -> str:
@@ -551,25 +656,33 @@ def plot(rows: list[dict], path: str) -> str:
   panels: dict[tuple, list[dict]] = {}
   for row in rows:
     panels.setdefault((row['mode'], row['dtype']), []).append(row)
-  fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.45 * max(map(len, panels.values()))
-                                                        + 3), 2.6 * len(panels)),
-                           squeeze=False)
+  modes = list(dict.fromkeys(r['mode'] for r in rows))
+  dtypes = list(dict.fromkeys(r['dtype'] for r in rows))
+  bars = max(map(len, panels.values()))
+  fig, axes = plt.subplots(len(dtypes), len(modes), squeeze=False, sharey=True,
+                           figsize=(max(7.5, len(modes) * (0.4 * bars + 1.8)),
+                                    2.4 * len(dtypes) + 0.6))
   colors = plt.get_cmap('tab10').colors
-  for ax, ((mode, dtype), group) in zip(axes[:, 0], panels.items()):
-    group.sort(key=lambda r: (r['batch'], r['length']))
+  for (r, dtype), (c, mode) in ((x, y) for x in enumerate(dtypes) for y in enumerate(modes)):
+    ax = axes[r, c]
+    group = sorted(panels.get((mode, dtype), []), key=lambda g: (g['batch'], g['length']))
+    if not group:
+      ax.axis('off')
+      continue
     x = np.arange(len(group))
     bottom = np.zeros(len(group))
     for i, cls in enumerate(CLASSES):
-      values = np.array([r['shares'][cls] for r in group])
+      values = np.array([g['shares'][cls] for g in group])
       ax.bar(x, values, bottom=bottom, color=colors[i % len(colors)], label=cls, width=0.8)
       bottom += values
-    ax.set_xticks(x, [f'b{r["batch"]}\nL{r["length"]}' for r in group], fontsize=7)
+    ax.set_xticks(x, [f'b{g["batch"]}\nL{g["length"]}' for g in group], fontsize=7)
     ax.set_ylim(0, 100)
-    ax.set_ylabel('% of op time')
     ax.set_title(f'{mode}, {dtype}', fontsize=9)
-  axes[0, 0].legend(ncol=len(CLASSES), fontsize=7, loc='lower center',
-                    bbox_to_anchor=(0.5, 1.12))
-  fig.tight_layout()
+    if c == 0:
+      ax.set_ylabel('% of op time')
+  handles, labels = next(ax for ax in axes.flat if ax.axison).get_legend_handles_labels()
+  fig.legend(handles, labels, ncol=len(CLASSES), fontsize=7, loc='upper center')
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -620,17 +733,10 @@ def main():
           else:
             compiled, call_args = training(config, params, data)
             carry = lambda out, a: (out[0], a[1])
-          compile_s = time.perf_counter() - t0
-          wall, traced, by_class, unmatched, top = profile(
-              compiled, call_args, args.steps, args.warmup, carry)
-          op_total = sum(by_class.values())
+          setup_s = time.perf_counter() - t0
+          figures, top = profile(compiled, call_args, args.steps, args.warmup, carry)
           row = {'mode': mode, 'dtype': dtype, 'batch': batch, 'length': length,
-                 'total_ms': wall * 1e3, 'traced_ms': traced * 1e3, 'op_ms': op_total * 1e3,
-                 'cover': 100.0 * op_total / traced if traced else 0.0,
-                 'unmatched_ms': unmatched * 1e3, 'compile_s': compile_s,
-                 'shares': {c: 100.0 * by_class[c] / op_total if op_total else 0.0
-                            for c in CLASSES},
-                 'ms': {c: by_class[c] * 1e3 for c in CLASSES}}
+                 **figures, 'setup_compile_s': setup_s}
           rows.append(row)
           print(table_line(row), flush=True)
           for seconds, op, cls in top[:args.show_ops]:

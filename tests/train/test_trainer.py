@@ -102,23 +102,42 @@ def assert_same_params(reference, other, **tolerance):
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_sigkill_and_resume_gives_identical_params(tiny_model, reference_run, tmp_path):
-  config = subprocess_config(tiny_model)
-  proc = run_subprocess(config, tmp_path / 'killed', tmp_path / 'killed.npz', wait=False)
+def kill_after_checkpoint_then_resume(config, workdir, out, step=4):
+  """Starts a run, SIGKILLs it once checkpoint `step` exists, then runs it to the end."""
+  proc = run_subprocess(config, workdir, out, wait=False)
   deadline = time.time() + 300
-  while not (tmp_path / 'killed' / 'checkpoints' / '4').is_dir():
+  while not (workdir / 'checkpoints' / str(step)).is_dir():
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
-  assert not (tmp_path / 'killed.npz').exists()
-  run_subprocess(config, tmp_path / 'killed', tmp_path / 'killed.npz')
+  assert not out.exists()
+  run_subprocess(config, workdir, out)
+
+
+def test_sigkill_and_resume_gives_identical_params(tiny_model, reference_run, tmp_path):
+  config = subprocess_config(tiny_model)
+  kill_after_checkpoint_then_resume(config, tmp_path / 'killed', tmp_path / 'killed.npz')
   assert_same_params(reference_run, tmp_path / 'killed.npz')  # bit-identical
   final = [json.loads(Path(f'{p}.json').read_text())
            for p in (reference_run, tmp_path / 'killed.npz')]
   assert final[0] == final[1]
+
+
+def test_a_qat_run_resumes_bit_identically_after_sigkill(tiny_model, tmp_path):
+  """Fake quantization lives in the product, not the state: a killed QAT run resumes exactly."""
+  config = subprocess_config(tiny_model)
+  config.total_steps, config.quant = 8, 'w4,a8'
+  run_subprocess(config, tmp_path / 'reference', tmp_path / 'reference.npz')
+  kill_after_checkpoint_then_resume(config, tmp_path / 'killed', tmp_path / 'killed.npz')
+  assert_same_params(tmp_path / 'reference.npz', tmp_path / 'killed.npz')
+  float_run = subprocess_config(tiny_model)
+  float_run.total_steps = 8
+  run_subprocess(float_run, tmp_path / 'float', tmp_path / 'float.npz')
+  a, b = np.load(tmp_path / 'reference.npz'), np.load(tmp_path / 'float.npz')
+  assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # QAT changed the training
 
 
 def test_kills_while_writing_and_at_random_points_resume_bit_identical(tiny_model,

@@ -1,0 +1,123 @@
+"""benchmarks/op_profile.py: op classification from hand-made HLO op names, the HLO
+text parser on a tiny compiled function, and the async-thunk end rule (no profiling)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYER = 'jit(f)/Encoder/layer_0.attention_block/layer_0._residual'
+FFN = 'jit(f)/Encoder/layer_0.ffn_block/layer_0._residual'
+BACKWARD = 'jit(step)/transpose(jvp(TaskModel))/encoder'
+
+
+@pytest.fixture(scope='module')
+def op_profile():
+  spec = importlib.util.spec_from_file_location('op_profile',
+                                                ROOT / 'benchmarks' / 'op_profile.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def part(opcode, op_name='', batched=None, target='', scalar=False, source=''):
+  return (opcode, op_name, batched, target, scalar, source)
+
+
+@pytest.mark.parametrize('parts, expected', [
+    # Products: batch dimensions tell attention from projections (HLO dims, else spec).
+    ([part('dot', f'{LAYER}/attention/bhqd,bhkd->bhqk/dot_general', True),
+      part('exponential', f'{LAYER}/attention/exp')], 'attn'),  # score product + softmax
+    ([part('dot', f'{LAYER}/attention/bhqk,bhkd->bhqd/dot_general')], 'attn'),
+    ([part('dot', f'{LAYER}/attention/out/bhqd,hde->bqe/dot_general', False)], 'proj'),
+    ([part('custom-call', f'{LAYER}/attention/bsi,io->bso/dot_general', False,
+           '__cublas$gemm')], 'proj'),
+    # The fused QKV bias add sits in the attention scope but was traced in the seam.
+    ([part('add', f'{LAYER}/attention/add', source='/x/research/models/mixed_matmul.py'),
+      part('transpose', f'{LAYER}/attention/transpose'),
+      part('slice', f'{LAYER}/attention/split')], 'proj'),
+    ([part('reduce', f'{LAYER}/attention/reduce_sum'),
+      part('divide', f'{LAYER}/attention/div')], 'smax'),
+    ([part('multiply', f'{BACKWARD}/layer_0.attention_block/layer_0._residual/attention/mul'),
+      part('select', f'{LAYER}/attention/Dropout_0/jit(_where)/select_n')], 'smax'),
+    ([part('add', f'{LAYER}/add'), part('rsqrt', f'{LAYER}/attention_norm/rsqrt')], 'LN'),
+    ([part('add', f'{FFN}/mlp/intermediate/add', source='mixed_matmul.py'),
+      part('erf', f'{FFN}/mlp/erf'), part('multiply', f'{FFN}/mlp/mul')], 'GELU'),
+    ([part('gather', 'jit(f)/Encoder/embeddings/word_embeddings/jit(_take)/gather'),
+      part('add', 'jit(f)/Encoder/embeddings/add')], 'emb'),
+    ([part('broadcast', f'{BACKWARD}/embeddings/word_embeddings/jit(_take)/broadcast_in_dim',
+           scalar=True)], 'emb'),  # the table gradient's zero fill
+    ([part('multiply', 'jit(step)/optimizer_update/mul'), part('add', 'jit(step)/add')],
+     'opt'),
+    ([part('transpose', f'{LAYER}/attention/transpose'), part('copy')], 'data'),
+    ([part('convert', f'{FFN}/mlp/output/convert_element_type')], 'data'),
+    ([part('compare', f'{LAYER}/dropout/ge')], 'other'),
+    # A CSE'd scalar broadcast keeps some other user's metadata: it must not decide.
+    ([part('broadcast', 'jit(f)/Encoder/embeddings/word_embeddings/jit(_take)/lt',
+           scalar=True),
+      part('compare', 'jit(f)/Encoder/gt'),
+      part('select', 'jit(f)/Encoder/jit(_where)/select_n')], 'other'),
+    ([part('while', 'jit(step)/while'), part('add', 'jit(step)/add')], None),
+])
+def test_classify_op(op_profile, parts, expected):
+  assert op_profile.classify_op(parts) == expected
+
+
+def test_einsum_batched(op_profile):
+  assert op_profile.einsum_batched('bhqd,bhkd->bhqk') is True
+  assert op_profile.einsum_batched('bsi,io->bso') is False
+  assert op_profile.einsum_batched('dot_general') is None
+
+
+def test_hlo_of_a_compiled_function_is_classified(op_profile):
+  def f(x, w, q, k):
+    with jax.named_scope('attention_norm'):
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
+    return x @ w, jnp.einsum('bhqd,bhkd->bhqk', q, k)
+
+  args = (jnp.ones((16, 32)), jnp.ones((32, 48)), jnp.ones((2, 3, 8, 4)),
+          jnp.ones((2, 3, 8, 4)))
+  text = jax.jit(f).lower(*args).compile().as_text()
+  module, classes, dropout = op_profile.op_class_table(text)
+  assert module and not dropout
+  found = {c for c in classes.values() if c not in (None, 'data')}
+  assert {'proj', 'attn', 'LN'} <= found, classes
+
+
+def test_source_files_reads_the_stack_frame_tables(op_profile):
+  text = ('HloModule m\n\nFileNames\n1 "/a/encoder.py"\n2 "/a/mixed_matmul.py"\n\n'
+          'FunctionNames\n1 "f"\n\nFileLocations\n'
+          '1 {file_name_id=1 function_name_id=1 line=3 end_line=3 column=1 end_column=2}\n'
+          '2 {file_name_id=2 function_name_id=1 line=9 end_line=9 column=1 end_column=2}\n\n'
+          'StackFrames\n1 {file_location_id=1 parent_frame_id=1}\n'
+          '2 {file_location_id=2 parent_frame_id=1}\n')
+  assert op_profile.source_files(text) == {1: '/a/encoder.py', 2: '/a/mixed_matmul.py'}
+
+
+def test_async_thunk_ends_where_its_continuation_began(op_profile):
+  us = 1000
+  # The completing thread ran two short ops right after the call returned (at 100 us),
+  # sat idle, then ran the continuation (500..800 us); the 'end:' marker came at 801 us.
+  starts = [101 * us, 104 * us, 500 * us, 790 * us]
+  ends = [103 * us, 106 * us, 789 * us, 800 * us]
+  assert op_profile.async_finish(starts, ends, 100 * us, 801 * us) == 500 * us
+  # No op between the return and the marker: the marker is the end.
+  assert op_profile.async_finish(starts, ends, 810 * us, 900 * us) == 900 * us
+
+
+def test_findings_count_groups(op_profile):
+  def row(length, proj, attn, smax):
+    shares = dict.fromkeys(op_profile.CLASSES, 0.0)
+    shares.update(proj=proj, attn=attn, smax=smax, other=100.0 - proj - attn - smax)
+    return {'mode': 'inference', 'dtype': 'float32', 'batch': 1, 'length': length,
+            'shares': shares, 'op_ms': 1.0, 'other_dropout_ms': 0.0}
+
+  lines, out = op_profile.findings([row(64, 70.0, 5.0, 2.0), row(512, 40.0, 30.0, 10.0)])
+  assert out['proj_largest_at_short'] == out['proj_share_falls'] == 1
+  assert out['attn_smax_grows'] == 1
+  assert out['non_gemm_inference']['max'] == pytest.approx(30.0)
+  assert lines[-1].startswith('3. non-GEMM share')
