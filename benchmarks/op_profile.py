@@ -32,11 +32,13 @@ module (stats `hlo_op`, `hlo_module`) is one execution of that op:
 - GPU/TPU: the device planes' kernel events with their `hlo_op`; host events are then
   ignored. Written for GPU but not yet run on one; events that match no instruction
   count as 'other' and are reported as `unmatched_ms`.
-An op's time per call is its median execution times its executions per call. Shares are
-of the summed op time (`op ms`); `cover` = op ms / traced wall time (over 100%: XLA:CPU
-ran independent thunks concurrently, e.g. the per-call weight casts and QKV kernel
-concatenations beside the first layer, and on a busy 2-core host they slow each other).
-Control-flow ops (call, while) are skipped: their nested ops have their own events.
+Ops that ran at the same time share that time (`attribute`: k overlapping ops get 1/k
+each; XLA:CPU runs independent thunks on several threads, e.g. the per-call weight
+casts and QKV kernel concatenations beside the first layer); an op's time per call is
+then its median execution times its executions per call. Shares are of the sum (`op
+ms`); `busy` = op ms / traced wall time (the rest: dispatch, waits); `ovlp` = summed
+op durations / op ms (1.00 = no overlap). Control-flow ops (call, while) are skipped:
+their nested ops have their own events.
 
 An op is classified (`classify_instruction`, `classify_op`: pure functions) from the
 optimized HLO (`compiled.as_text()`): the opcodes of the op and of what it fuses, their
@@ -66,14 +68,13 @@ division and backward); 'attn+smax' does not depend on such fusion choices. An u
 eager profile, as the paper's PyTorch one, would split the same work differently.
 
 Output: a table row per mode x dtype x batch x length (% per class, total ms, op ms,
-cover), a stacked-bar PNG (`--png`, default docs/op_profile.png; '' for none; needs
+busy, ovlp), a stacked-bar PNG (`--png`, default docs/op_profile.png; '' for none; needs
 matplotlib), the paper's three findings computed from the shares, and last one JSON line.
 """
 from __future__ import annotations
 
 import argparse
 import bisect
-import dataclasses
 import glob
 import json
 import os
@@ -83,6 +84,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -235,8 +237,7 @@ def classify_op(parts) -> str | None:
 
 # -- HLO text ---------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Instruction:
+class Instruction(NamedTuple):
   name: str
   opcode: str
   op_name: str
@@ -386,10 +387,35 @@ def async_finish(starts: list[float], ends: list[float], returned: float,
   return finish
 
 
-def op_times(xspace_path: str, module: str, known: set[str]
-             ) -> tuple[dict[str, float], float, list[tuple[float, float, float]]]:
-  """Seconds per HLO op (over all its executions) in a trace, unmatched seconds, and
-  (Execute-call, used, to-'end:'-marker) seconds of each asynchronous CPU op.
+def attribute(spans: list[tuple[float, float]]) -> list[float]:
+  """Each span's share of the time it covers: where k spans overlap, each gets 1/k.
+
+  So ops that ran concurrently (XLA:CPU runs independent thunks on several threads;
+  GPU streams) share the wall time they took together, and the shares add up to the
+  time any op was running.
+  """
+  edges = sorted([(s, 1, i) for i, (s, _) in enumerate(spans)] +
+                 [(e, -1, i) for i, (_, e) in enumerate(spans)])
+  shares = [0.0] * len(spans)
+  active: set[int] = set()
+  last = None
+  for t, kind, i in edges:
+    if active and t > last:
+      for j in active:
+        shares[j] += (t - last) / len(active)
+    last = t
+    if kind > 0:
+      active.add(i)
+    else:
+      active.discard(i)
+  return shares
+
+
+def op_times(xspace_path: str, module: str, classes: dict[str, str | None]):
+  """Seconds per HLO op in a trace, over all its executions, with overlapping ops
+  sharing their time (`attribute`). Returns (seconds by op, summed op durations without
+  sharing, seconds of events matching no instruction, [(Execute call, used, to 'end:'
+  marker) seconds of each asynchronous CPU op]).
 
   Device planes (GPU/TPU kernels) are used when present; otherwise the host's XLA:CPU
   thunk events; an asynchronous one ends where `async_finish` says.
@@ -399,28 +425,10 @@ def op_times(xspace_path: str, module: str, known: set[str]
   planes = list(data.planes)
   device = [p for p in planes if p.name.startswith('/device:') and
             not p.name.startswith('/device:CUSTOM')]
-  found: list[tuple[str, str, float, str]] = []  # (op, event name, seconds, module)
+  found: list[tuple[str, str, float, float, str]] = []  # op, event name, start, end, module
 
-  def add(op, name, seconds, stats):
-    found.append((op, name, seconds, str(stats.get('hlo_module', ''))))
-
-  def result():
-    # Only this module's ops (a trace also holds e.g. the step's argument transfers);
-    # if no event names its module (a renamed module), every event counts.
-    ours = [f for f in found if f[3] == module] or found
-    runs: dict[tuple[str, str], list[float]] = {}
-    unmatched = 0.0
-    for op, name, seconds, _ in ours:
-      if op in known:
-        runs.setdefault((op, name), []).append(seconds)
-      else:
-        unmatched += seconds
-    # An op's (or kernel's) total is its median execution times its count: one
-    # execution slowed by the host (preempted, page faults) does not skew it.
-    totals: dict[str, float] = {}
-    for (op, _), times in runs.items():
-      totals[op] = totals.get(op, 0.0) + statistics.median(times) * len(times)
-    return totals, unmatched, asynchronous
+  def add(op, name, start, end, stats):
+    found.append((op, name, start, end, str(stats.get('hlo_module', ''))))
 
   if device:
     for plane in device:
@@ -435,37 +443,54 @@ def op_times(xspace_path: str, module: str, known: set[str]
         for event in line.events:
           stats = _stats(event)
           op = str(stats.get('hlo_op', event.name))
-          if 'hlo_op' in stats or op in known:
-            add(op, event.name, event.duration_ns * 1e-9, stats)
-    return result()
+          if 'hlo_op' in stats or op in classes:
+            add(op, event.name, event.start_ns, event.end_ns, stats)
+  else:
+    starts, ends, line_starts = [], {}, {}
+    for plane in (p for p in planes if p.name == '/host:CPU'):
+      for index, line in enumerate(plane.lines):
+        key = (plane.name, index)
+        for event in line.events:
+          stats = _stats(event)
+          if event.name.startswith('end: ') and '_c' in stats:
+            ends[stats['_c']] = (key, event.start_ns)
+          elif 'hlo_op' in stats:
+            starts.append((event.start_ns, event.end_ns, str(stats['hlo_op']),
+                           stats.get('_p'), stats))
+            line_starts.setdefault(key, []).append((event.start_ns, event.end_ns))
+    line_ends = {}
+    for key, spans in line_starts.items():
+      spans.sort()
+      line_starts[key] = [s for s, _ in spans]
+      line_ends[key] = [e for _, e in spans]
+    for start, end, op, producer, stats in starts:
+      finish = end
+      if producer in ends and ends[producer][1] > end:
+        key, marker = ends[producer]
+        finish = async_finish(line_starts.get(key, []), line_ends.get(key, []), end, marker)
+        asynchronous.append(((end - start) * 1e-9, (finish - start) * 1e-9,
+                             (marker - start) * 1e-9))
+      add(op, op, start, finish, stats)
 
-  host = [p for p in planes if p.name == '/host:CPU']
-  starts, ends, line_starts = [], {}, {}
-  for plane in host:
-    for index, line in enumerate(plane.lines):
-      key = (plane.name, index)
-      for event in line.events:
-        stats = _stats(event)
-        if event.name.startswith('end: ') and '_c' in stats:
-          ends[stats['_c']] = (key, event.start_ns)
-        elif 'hlo_op' in stats:
-          starts.append((key, event.start_ns, event.end_ns, str(stats['hlo_op']),
-                         stats.get('_p'), stats))
-          line_starts.setdefault(key, []).append((event.start_ns, event.end_ns))
-  line_ends = {}
-  for key, spans in line_starts.items():
-    spans.sort()
-    line_starts[key] = [s for s, _ in spans]
-    line_ends[key] = [e for _, e in spans]
-  for _, start, end, op, producer, stats in starts:
-    finish = end
-    if producer in ends and ends[producer][1] > end:
-      key, marker = ends[producer]
-      finish = async_finish(line_starts.get(key, []), line_ends.get(key, []), end, marker)
-      asynchronous.append(((end - start) * 1e-9, (finish - start) * 1e-9,
-                           (marker - start) * 1e-9))
-    add(op, op, (finish - start) * 1e-9, stats)
-  return result()
+  # Only this module's ops (a trace also holds e.g. argument transfers), or every event
+  # if none names it; control flow (class None) encloses its nested ops' events.
+  ours = [f for f in found if f[4] == module] or found
+  ours = [f for f in ours if f[0] not in classes or classes[f[0]] is not None]
+  shared = attribute([(f[2] * 1e-9, f[3] * 1e-9) for f in ours])
+  runs: dict[tuple[str, str], list[float]] = {}
+  unmatched = 0.0
+  for (op, name, *_), seconds in zip(ours, shared):
+    if op in classes:
+      runs.setdefault((op, name), []).append(seconds)
+    else:
+      unmatched += seconds
+  # An op's (or kernel's) total is its median execution times its count: one execution
+  # slowed by the host (preempted, page faults) does not skew it.
+  totals: dict[str, float] = {}
+  for (op, _), times in runs.items():
+    totals[op] = totals.get(op, 0.0) + statistics.median(times) * len(times)
+  raw = sum(f[3] - f[2] for f in ours) * 1e-9
+  return totals, raw, unmatched, asynchronous
 
 
 def profile(compiled, args, steps: int, warmup: int, carry=None) -> tuple[dict, list]:
@@ -493,7 +518,7 @@ def profile(compiled, args, steps: int, warmup: int, carry=None) -> tuple[dict, 
     with jax.profiler.trace(folder, profiler_options=options):
       traced = statistics.median(run(steps))
     path, = glob.glob(os.path.join(folder, 'plugins', 'profile', '*', '*.xplane.pb'))
-    per_op, unmatched, asynchronous = op_times(path, module, set(classes))
+    per_op, raw, unmatched, asynchronous = op_times(path, module, classes)
   finally:
     shutil.rmtree(folder, ignore_errors=True)
   ms = dict.fromkeys(CLASSES, 0.0)
@@ -504,7 +529,8 @@ def profile(compiled, args, steps: int, warmup: int, carry=None) -> tuple[dict, 
   total = sum(ms.values())
   bounds = [sum(a[i] for a in asynchronous) / steps * 1e3 for i in range(3)]
   row = {'total_ms': wall * 1e3, 'traced_ms': traced * 1e3, 'op_ms': total,
-         'cover': 100.0 * total / (traced * 1e3) if traced else 0.0,
+         'busy': 100.0 * total / (traced * 1e3) if traced else 0.0,
+         'overlap': raw / steps * 1e3 / total if total else 0.0,
          'shares': {c: 100.0 * ms[c] / total if total else 0.0 for c in CLASSES}, 'ms': ms,
          'other_dropout_ms': sum(s for op, s in per_op.items() if op in dropout) / steps * 1e3,
          'unmatched_ms': unmatched / steps * 1e3,
@@ -581,13 +607,14 @@ def load(model: str, dtype: str, mode: str):
 def table_line(row: dict) -> str:
   shares = ' '.join(f'{row["shares"][c]:5.1f}' for c in CLASSES)
   return (f'{row["mode"]:<9} {row["dtype"]:<8} {row["batch"]:>3} {row["length"]:>4} '
-          f'{shares} {row["total_ms"]:9.1f} {row["op_ms"]:9.1f} {row["cover"]:5.0f}')
+          f'{shares} {row["total_ms"]:9.1f} {row["op_ms"]:9.1f} {row["busy"]:5.0f} '
+          f'{row["overlap"]:5.2f}')
 
 
 def table_header() -> str:
   return (f'{"mode":<9} {"dtype":<8} {"bat":>3} {"len":>4} '
           + ' '.join(f'{c:>5}' for c in CLASSES)
-          + f' {"total ms":>9} {"op ms":>9} {"cover":>5}')
+          + f' {"total ms":>9} {"op ms":>9} {"busy":>5} {"ovlp":>5}')
 
 
 def findings(rows: list[dict]) -> tuple[list[str], dict]:
@@ -714,8 +741,8 @@ def main():
   print(f'model={args.model} backend={jax.default_backend()} device={device.device_kind} '
         f'cpus={os.cpu_count()} jax={jax.__version__} steps={args.steps} '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-  print('shares in % of op time; total ms = untraced wall time per call (median); '
-        'cover = op ms / traced wall', flush=True)
+  print('shares in % of op time; total ms: untraced wall time per call (median); busy: '
+        'op ms / traced wall %; ovlp: summed op durations / op ms', flush=True)
   print(table_header(), flush=True)
   rows = []
   for mode in modes:

@@ -121,3 +121,9 @@ def test_findings_count_groups(op_profile):
   assert out['attn_smax_grows'] == 1
   assert out['non_gemm_inference']['max'] == pytest.approx(30.0)
   assert lines[-1].startswith('3. non-GEMM share')
+
+
+def test_overlapping_ops_share_their_time(op_profile):
+  # a alone 0..1, a and b together 1..3, b alone 3..4: a = 1 + 1, b = 1 + 1.
+  assert op_profile.attribute([(0.0, 3.0), (1.0, 4.0)]) == pytest.approx([2.0, 2.0])
+  assert op_profile.attribute([(0.0, 1.0), (2.0, 3.0)]) == pytest.approx([1.0, 1.0])
