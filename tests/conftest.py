@@ -1,6 +1,7 @@
 """Shared fixtures: tiny Hugging Face checkpoints made on the fly, paths to real data."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -81,3 +82,15 @@ def tok(minilm_folder):
   """The bundled MiniLM's fast (BERT uncased WordPiece) tokenizer."""
   from research.checkpoints import load_tokenizer  # pylint: disable=g-import-not-at-top
   return load_tokenizer(str(minilm_folder))
+
+
+@pytest.fixture(scope='session')
+def load_benchmark():
+  """Imports a script of benchmarks/ by name (they are scripts, not a package)."""
+  def load(name: str):
+    path = Path(__file__).resolve().parents[1] / 'benchmarks' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  return load

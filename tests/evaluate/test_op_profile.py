@@ -2,26 +2,19 @@
 text parser on a tiny compiled function, and the async-thunk end rule (no profiling)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 LAYER = 'jit(f)/Encoder/layer_0.attention_block/layer_0._residual'
 FFN = 'jit(f)/Encoder/layer_0.ffn_block/layer_0._residual'
 BACKWARD = 'jit(step)/transpose(jvp(TaskModel))/encoder'
 
 
 @pytest.fixture(scope='module')
-def op_profile():
-  spec = importlib.util.spec_from_file_location('op_profile',
-                                                ROOT / 'benchmarks' / 'op_profile.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def op_profile(load_benchmark):
+  return load_benchmark('op_profile')
 
 
 def part(opcode, op_name='', batched=None, target='', scalar=False, source=''):

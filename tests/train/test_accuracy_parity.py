@@ -3,23 +3,17 @@ run on a tiny model and synthetic data; the real comparison is a benchmark, not 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from research.data import tasks
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def parity():
-  spec = importlib.util.spec_from_file_location('accuracy_parity',
-                                                ROOT / 'benchmarks' / 'accuracy_parity.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def parity(load_benchmark):
+  return load_benchmark('accuracy_parity')
 
 
 @pytest.mark.parametrize('task, folder', [('sst2', 'glue'), ('conll2003', '')])
