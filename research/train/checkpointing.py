@@ -7,6 +7,11 @@ Layout under the workdir:
 Orbax writes each step into a temporary folder and renames it when complete, so a
 run killed mid-save leaves the previous checkpoints intact and the partial one is
 ignored on restart.
+
+Orbax refuses zero-size arrays, which a layer pruned to no heads has (its query, key,
+value and out kernels have a 0 axis). They are written as None and put back as zeros:
+from the abstract tree on a trainer restore, from the model's shapes when a run is
+loaded (`fill_empty`).
 """
 from __future__ import annotations
 
@@ -14,7 +19,36 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+def _is_empty(x) -> bool:
+  return hasattr(x, 'shape') and 0 in tuple(x.shape)
+
+
+def drop_empty(tree: Any) -> Any:
+  """`tree` with every zero-size array replaced by None (what orbax can write)."""
+  return jax.tree.map(lambda x: None if _is_empty(x) else x, tree)
+
+
+def fill_empty(tree: Any, like: Any) -> Any:
+  """Nested dicts `tree` with each None where `like` holds a zero-size array made zeros.
+
+  Only descends into dicts (params trees); anything else is returned unchanged.
+  """
+  if tree is None and _is_empty(like):
+    return np.zeros(like.shape, like.dtype)
+  if isinstance(tree, dict) and isinstance(like, dict):
+    return {k: fill_empty(v, like[k]) if k in like else v for k, v in tree.items()}
+  return tree
+
+
+def _restore_empty(abstract: Any, restored: Any) -> Any:
+  """`restored` (None where `abstract` has zero-size leaves) laid out like `abstract`."""
+  return jax.tree.map(
+      lambda a, r: (np.zeros(a.shape, a.dtype) if _is_empty(a) else r), abstract,
+      restored, is_leaf=lambda x: x is None)
 
 
 class Checkpoints:
@@ -49,28 +83,30 @@ class Checkpoints:
     """Saves the train state and the data position (waits for the previous save)."""
     self.latest.wait_until_finished()
     self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        state=ocp.args.StandardSave(drop_empty(state)), data=ocp.args.JsonSave(data_state)))
 
   def save_best(self, step: int, params: Any, score: float, info: dict) -> None:
     """Offers `params` as the best so far; orbax keeps it only if `score` is better."""
     self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(params), data=ocp.args.JsonSave(info)),
+        state=ocp.args.StandardSave(drop_empty(params)), data=ocp.args.JsonSave(info)),
                    metrics={'score': float(score)})
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores the state (shaped and sharded like `abstract_state`) and data position."""
     step = self.latest.latest_step() if step is None else step
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored['state'], restored['data']
+        state=ocp.args.StandardRestore(drop_empty(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    return _restore_empty(abstract_state, restored['state']), restored['data']
 
   def restore_best(self, abstract_params: Any) -> tuple[Any, dict]:
     step = self.best.best_step()
     if step is None:
       raise FileNotFoundError('No best checkpoint has been saved in this workdir')
     restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_params), data=ocp.args.JsonRestore()))
-    return restored['state'], restored['data']
+        state=ocp.args.StandardRestore(drop_empty(abstract_params)),
+        data=ocp.args.JsonRestore()))
+    return _restore_empty(abstract_params, restored['state']), restored['data']
 
   def close(self) -> None:
     self.latest.wait_until_finished()

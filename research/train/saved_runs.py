@@ -39,7 +39,7 @@ from research.models import projections
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
 from research.train import build, evaluation
-from research.train.checkpointing import Checkpoints
+from research.train.checkpointing import Checkpoints, fill_empty
 
 MODEL_FILE = 'model.json'
 TOKENIZER_DIR = 'tokenizer'
@@ -249,7 +249,22 @@ def load_run(workdir: str, which: str = 'best', fallback_config=None) -> SavedRu
     encoder_config, _ = read_config(hub.resolve(config.model), dtype=config.dtype)
     encoder_config = encoder_config.replace(use_pooler='pooler' in params['encoder'])
     model = build.build_model(config, spec, encoder_config)
-  return SavedRun(os.path.abspath(workdir), config, spec, model, params, step)
+  return SavedRun(os.path.abspath(workdir), config, spec, model,
+                  with_empty_arrays(params, model), step)
+
+
+def _has_none(tree) -> bool:
+  return any(x is None for x in jax.tree.leaves(tree, is_leaf=lambda x: x is None))
+
+
+def with_empty_arrays(params: Any, model: TaskModel) -> Any:
+  """Restored params with the zero-size arrays orbax cannot store (a layer pruned to
+  no heads) put back from the model's own shapes."""
+  if not _has_none(params):
+    return params
+  ids = np.zeros((1, 8), np.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, np.ones_like(ids)))
+  return fill_empty(params, flax.linen.meta.unbox(shapes['params']))
 
 
 def write_run(workdir: str, model: TaskModel, params: Any, *, config=None, tokenizer=None,
@@ -289,6 +304,7 @@ def init_params(ref: str, model: TaskModel, fresh: Any) -> tuple[Any, list[str]]
   """
   folder, which = parse_ref(ref)
   saved, _ = restore_params(folder, which)
+  saved = fill_empty(saved, fresh)  # zero-size arrays (no heads left) are not on disk
   expected = flax.traverse_util.flatten_dict(fresh['encoder'], sep='/')
   got = flax.traverse_util.flatten_dict(saved['encoder'], sep='/')
   # Name the commonest mismatch (an int8 run into a float model, or the reverse) plainly.

@@ -111,6 +111,30 @@ def test_init_from_a_run_of_a_non_standard_architecture(config, tmp_path):
     saved_runs.write_model(str(tmp_path / 'next'), base.model)
 
 
+def test_a_layer_pruned_to_no_heads_saves_loads_and_resumes(config, tmp_path):
+  # orbax cannot write zero-size arrays ([hidden, 0, head_dim] kernels): they are
+  # left out of the files and rebuilt from the model's shapes.
+  trainer.train_and_evaluate(config(), tmp_path / 'base')
+  base = saved_runs.load_run(str(tmp_path / 'base'), 'latest')
+  model, params = prune(base, heads=(0, 4), widths=(64, 64))
+  saved_runs.write_run(str(tmp_path / 'pruned'), model, params, config=base.config,
+                       tokenizer=saved_runs.run_tokenizer(str(tmp_path / 'base')))
+  pruned = saved_runs.load_run(str(tmp_path / 'pruned'))
+  assert pruned.params['encoder']['layer_0']['attention']['query']['kernel'].shape == (32, 0, 8)
+  ids = np.arange(1, 9, dtype=np.int32)[None]
+  want, _ = model.apply({'params': params}, ids, np.ones_like(ids))
+  got, _ = pruned.model.apply({'params': pruned.params}, ids, np.ones_like(ids))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  # Fine-tuned from it, then resumed: the train state's empty arrays come back too.
+  run = config(init_from=str(tmp_path / 'pruned'), model='/nonexistent/checkpoint')
+  first = trainer.train_and_evaluate(run, tmp_path / 'next')
+  run.total_steps = 6
+  again = trainer.train_and_evaluate(run, tmp_path / 'next')
+  assert again['params']['encoder']['layer_0']['attention']['out']['kernel'].shape == (0, 8, 32)
+  assert np.isfinite(read_metrics(tmp_path / 'next', 'train')[-1]['loss'])
+  assert first['steps'] == 4 and again['steps'] == 6
+
+
 def test_export_run_to_transformers(config, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
