@@ -15,7 +15,6 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.data import tasks
 from research.evaluate.plots import training_curves
 from research.train.metric_writer import read_metrics
 from research.train.trainer import train_and_evaluate
@@ -44,8 +43,8 @@ def main(argv):
                               os.path.join(workdir, 'plots', 'training_curves.png')),
   }
   print(json.dumps(summary, indent=2))
-  main_metric = tasks.get_task(config.task).main_metric
-  print(f'\n{config.task} dev {main_metric}: {result["final"].get(main_metric, float("nan")):.2f} '
+  main_metric = result['main_metric']  # a corpus run's own, not config.task's
+  print(f'\n{result["task"]} dev {main_metric}: {result["final"].get(main_metric, float("nan")):.2f} '
         f'(best {result["best"]["score"]:.2f} at step {result["best"]["step"]})')
 
 

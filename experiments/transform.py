@@ -8,6 +8,15 @@ r"""Applies a structural transform to a saved run and writes the result as a new
         --transform share --parts attention --groups 1
     python -m experiments.transform --run runs/sst2:best --out runs/sst2_int8 \
         --transform ptq --calibration mse --calibration_examples 512    # int8 (--bits 4)
+    python -m experiments.transform --run runs/sst2:best --out runs/student \
+        --transform select_layers --layers 0,2,4                # a student: every other layer
+    python -m experiments.transform --run runs/student --out runs/student_narrow \
+        --transform truncate_width --num_heads 6 --intermediate_size 1536 --hidden_size 384
+    # distil into the student (intermediates need the teacher in the step):
+    python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
+        --workdir runs/student_ft --config.init_from=runs/student \
+        --config.distill.teachers=runs/sst2 --config.distill.mode=in_step \
+        --config.distill.hidden_weight=1 --config.distill.attention_weight=1
     # then a short recovery fine-tune from the new run:
     python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
         --workdir runs/sst2_r64_ft --config.init_from=runs/sst2_r64 --config.num_epochs=1
@@ -30,9 +39,9 @@ import numpy as np
 from research.data.batching import BatchIterator
 from research.train import saved_runs
 from research.train.build import load_split
-from research.transforms import low_rank, quantize, share
+from research.transforms import low_rank, quantize, share, student_init
 
-TRANSFORMS = ('low_rank', 'embeddings', 'share', 'ptq')
+TRANSFORMS = ('low_rank', 'embeddings', 'share', 'ptq', 'select_layers', 'truncate_width')
 
 
 def count(tree) -> int:
@@ -43,7 +52,9 @@ def transform_run(run_ref: str, out: str, transform: str, rank: int | None = Non
                   energy: float | None = None, sites: str = low_rank.PROJECTIONS,
                   groups: int = 1, parts: str = 'all', calibration: str = 'max',
                   calibration_examples: int = 512, bits: int = 8,
-                  embedding_size: int | None = None) -> dict[str, Any]:
+                  embedding_size: int | None = None, layers: str = '',
+                  num_heads: int | None = None, intermediate_size: int | None = None,
+                  hidden_size: int | None = None) -> dict[str, Any]:
   """Reads a run, applies `transform`, writes the new run; returns a summary."""
   folder, which = saved_runs.parse_ref(run_ref)
   run = saved_runs.load_run(folder, which)
@@ -73,6 +84,24 @@ def transform_run(run_ref: str, out: str, transform: str, rank: int | None = Non
     config, params = quantize.ptq(encoder, run.params, stats, calibration, bits)
     details = {'calibration': calibration, 'examples': len(features), 'sites': len(stats),
                'bits': bits}
+  elif transform == 'select_layers':  # a shallower student (DistilBERT: every other layer)
+    kept = student_init.parse_layers(layers)
+    if not kept:
+      raise ValueError('--transform select_layers needs --layers, e.g. 0,2,4')
+    config, params = student_init.select_layers(encoder, run.params, kept)
+    details = {'layers': kept}
+  elif transform == 'truncate_width':  # a narrower student: leading heads/units/coordinates
+    if num_heads is None and intermediate_size is None and hidden_size is None:
+      raise ValueError('--transform truncate_width needs --num_heads, --intermediate_size '
+                       'and/or --hidden_size')
+    if hidden_size is not None and run.model.layer_mix.startswith('last:'):
+      raise ValueError(f'--hidden_size cannot truncate the head of layer_mix='
+                       f'{run.model.layer_mix!r} (it reads concatenated layers)')
+    config, params = student_init.truncate_width(
+        encoder, run.params, num_heads=num_heads, intermediate_size=intermediate_size,
+        hidden_size=hidden_size)
+    details = {'num_heads': num_heads, 'intermediate_size': intermediate_size,
+               'hidden_size': hidden_size}
   else:
     raise ValueError(f'transform must be one of {TRANSFORMS}, got {transform!r}')
   model = run.model.clone(encoder=config)
@@ -90,7 +119,8 @@ def main(argv):
   f = flags.FLAGS
   summary = transform_run(f.run, f.out, f.transform, f.rank, f.energy, f.sites, f.groups,
                           f.parts, f.calibration, f.calibration_examples, int(f.bits),
-                          f.embedding_size)
+                          f.embedding_size, f.layers, f.num_heads, f.intermediate_size,
+                          f.hidden_size)
   print(json.dumps(summary, indent=2))
 
 
@@ -108,5 +138,9 @@ if __name__ == '__main__':
   flags.DEFINE_integer('calibration_examples', 512, 'ptq: train examples to calibrate on.')
   flags.DEFINE_integer('embedding_size', None, 'embeddings: width E of the tables (< H).')
   flags.DEFINE_enum('bits', '8', ['4', '8'], 'ptq: kernel bits (4 = packed int4, w4a8).')
+  flags.DEFINE_string('layers', '', 'select_layers: source layers kept, e.g. 0,2,4.')
+  flags.DEFINE_integer('num_heads', None, 'truncate_width: leading heads kept per layer.')
+  flags.DEFINE_integer('intermediate_size', None, 'truncate_width: leading FFN units kept.')
+  flags.DEFINE_integer('hidden_size', None, 'truncate_width: leading hidden coordinates kept.')
   flags.mark_flags_as_required(['run', 'out', 'transform'])
   app.run(main)

@@ -1,13 +1,20 @@
-"""From a trainer config to its parts: the task model and a split's encoded features.
+"""From a trainer config to its parts: the task model and a split's encoded features
+(or, with `config.corpus`, a pre-training corpus's sequences and masked batches).
 
 Shared by the trainer, saved runs, teachers and experiments/evaluate.py, so each of
 them rebuilds exactly what the trainer built.
 """
 from __future__ import annotations
 
+import logging
+import os
+
+import jax
+
 from research import objectives
-from research.data import tasks
-from research.data.sources import load_examples
+from research.data import corpus, masking, tasks
+from research.data.batching import BatchIterator
+from research.data.sources import default_data_dir, load_examples
 from research.data.tokenize import encode
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
@@ -15,6 +22,8 @@ from research.models.heads import TaskModel
 
 def build_model(config, spec: tasks.TaskSpec, encoder_config: EncoderConfig) -> TaskModel:
   """The task model a config describes (encoder + layer mix + the task's objective)."""
+  if uses_corpus(config):  # pre-training: the objective comes from config.corpus
+    return TaskModel(encoder_config, pretraining_objective(config), layer_mix=config.layer_mix)
   objective = objectives.for_task(spec, pooling=config.pooling, head_hidden=config.head_hidden,
                                   head_activation=config.get('head_activation', 'tanh'),
                                   head_dropout=config.dropout,
@@ -31,3 +40,96 @@ def load_split(config, spec: tasks.TaskSpec, tokenizer, split: str, limit: int =
   features = encode(spec, examples, tokenizer, config.max_length, config.doc_stride,
                     training=training).features
   return examples, features
+
+
+# -- Pre-training on a text corpus (config.corpus) -------------------------------------
+
+# config.corpus.objective -> (objective kind, its fields).
+PRETRAINING = {'mlm': ('masked_lm', {}), 'mlm+nsp': ('pretraining', {'pair': 'nsp'}),
+               'mlm+sop': ('pretraining', {'pair': 'sop'}), 'clm': ('causal_lm', {})}
+
+
+def uses_corpus(config) -> bool:
+  """Whether the config pre-trains on a corpus (`config.corpus.source` set)."""
+  return bool(config.get('corpus') and config.corpus.get('source'))
+
+
+def pretraining_objective(config) -> objectives.Objective:
+  """The objective `config.corpus.objective` names ('mlm', 'mlm+nsp', 'mlm+sop', 'clm')."""
+  name = config.corpus.objective
+  if name not in PRETRAINING:
+    raise ValueError(f'config.corpus.objective={name!r}; expected one of {sorted(PRETRAINING)}')
+  kind, fields = PRETRAINING[name]
+  if kind not in objectives.KINDS:
+    raise ValueError(f'config.corpus.objective={name!r} needs the {kind!r} objective, which '
+                     'is not registered in research/objectives')
+  if 'pair' in fields:
+    fields = {**fields, 'pooling': config.corpus.get('pair_pooling', 'pooler')}
+  return objectives.make(kind, **fields)
+
+
+def corpus_documents(config):
+  """A generator of the documents `config.corpus.source` names: a staged corpus
+  ('gutenberg', 'tinyshakespeare'), a text file or folder, 'task:<name>' (the
+  unlabelled text of that task's `config.train_split`, for task-adaptive pre-training)
+  or 'tfds:<name>[:<split>]' (the `corpus.tfds_field` text of a TFDS dataset)."""
+  c = config.corpus
+  if c.source.startswith('task:'):
+    data_dir = config.data_dir or default_data_dir('glue') or None
+    return corpus.task_documents(c.source[len('task:'):], config.train_split, data_dir,
+                                 config.data_source, c.get('max_documents', 0))
+  if c.source.startswith('tfds:'):  # 'tfds:<name>[:<split>]', e.g. 'tfds:lm1b:train'
+    name, _, split = c.source[len('tfds:'):].partition(':')
+    return corpus.tfds_documents(name, split or 'train', c.get('tfds_field', 'text'),
+                                 config.data_dir or None, c.get('max_documents', 0))
+  path, split = c.source, c.get('documents', '')
+  if c.source in corpus.CORPORA:
+    root = c.get('data_dir') or default_data_dir('corpus')
+    if not root:
+      raise FileNotFoundError(f'config.corpus.source={c.source!r}: no corpus folder; set '
+                              'config.corpus.data_dir (or $RESEARCH_DATA_DIR)')
+    path, split = os.path.join(root, c.source), split or corpus.CORPORA[c.source]
+  return corpus.read_documents(path, split or 'blank_lines', c.get('max_documents', 0))
+
+
+def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
+  """(spec, train features, dev examples, dev features, train iterator) of a corpus run.
+
+  Masked-LM objectives get packed sequences (or NSP / SOP pairs) whose masks are drawn
+  per epoch on the host (`masking.MaskedBatches`); the dev sample (`dev_sequences`,
+  held out by seed) has fixed masks. Causal LM gets bare packed sequences.
+  """
+  c = config.corpus
+  corpus.check_vocab(tokenizer, vocab_size)
+  name = c.objective
+  pretraining_objective(config)  # fails now for an unknown or unavailable objective
+  documents = corpus_documents(config)
+  if name in ('mlm+nsp', 'mlm+sop'):
+    features = corpus.pair_features(documents, tokenizer, config.max_length,
+                                    task=name[len('mlm+'):], seed=config.seed)
+  else:
+    features = list(corpus.pack_sequences(documents, tokenizer, config.max_length,
+                                          wrap=name != 'clm'))
+  # At most a tenth of a small corpus (a task's train text) is held out.
+  dev_size = min(c.dev_sequences, max(1, len(features) // 10))
+  if dev_size < c.dev_sequences:
+    logging.info('Holding out %d of %d sequences for evaluation (not dev_sequences=%d)',
+                 dev_size, len(features), c.dev_sequences)
+  train, dev = corpus.split_dev(features, dev_size, config.seed)
+  if config.train_examples:
+    train = train[:config.train_examples]
+  batches = BatchIterator(
+      train, global_batch_size, max_length=config.max_length,
+      pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed, drop_remainder=True,
+      num_epochs=None, process_index=jax.process_index(),
+      process_count=jax.process_count(), pad_id=tokenizer.pad_token_id or 0)
+  spec = corpus.CorpusSpec(name=f'{c.source}:{name}',
+                           main_metric='accuracy' if name == 'clm' else 'mlm_accuracy')
+  if name == 'clm':
+    return spec, train, dev, dev, batches
+  kw = dict(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer), rate=c.mask_rate,
+            whole_word=c.whole_word)
+  if kw['mask_id'] is None:
+    raise ValueError('masked-LM pre-training needs a tokenizer with a [MASK] token')
+  dev_features = masking.mask_features(dev, config.seed, **kw)
+  return spec, train, dev, dev_features, masking.MaskedBatches(batches, seed=config.seed, **kw)

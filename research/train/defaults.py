@@ -56,9 +56,25 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   # become soft targets, weighted alpha against the labels; '' = off. mode 'cached' runs
   # the teachers once and caches their outputs in cache_dir ('' = the workdir), so other
   # students reuse them; 'in_step' runs the frozen teachers inside every train step.
+  # A teacher 'hf:<folder or Hub id>' is a fine-tuned Hugging Face classifier.
+  # Intermediates (need mode 'in_step'; research/transforms/distill_intermediate.py), each
+  # term added with its weight (0 = off): TinyBERT's hidden-state MSE (with learned
+  # projections when widths differ) and attention KL over `layer_map` ('uniform',
+  # 'last:k' or teacher layers '1,3,5'); MiniLM v2's q/k/v relation KL over
+  # `relation_layer_map` with `relation_heads` relation heads (0 = the student's heads).
   c.distill = ml_collections.ConfigDict({
       'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
-      'cache_dir': '', 'mode': 'cached'})
+      'cache_dir': '', 'mode': 'cached',
+      'hidden_weight': 0.0, 'attention_weight': 0.0, 'relation_weight': 0.0,
+      'layer_map': 'uniform', 'relation_layer_map': 'last:1', 'relation_heads': 0})
+  # Gradual unstructured pruning (research/transforms/sparsity.py): target = final sparsity
+  # of each site (0.0 = off), reached by Zhu & Gupta's cubic schedule between the begin and
+  # end fractions of training, masks recomputed every `frequency` steps; method
+  # 'magnitude' | 'movement'; scope 'layer' | 'global' threshold; sites a regex over param
+  # paths ('' = the dense kernels of the encoder's attention and MLP projections).
+  c.sparsity = ml_collections.ConfigDict({
+      'target': 0.0, 'method': 'magnitude', 'begin': 0.1, 'end': 0.7, 'frequency': 10,
+      'sites': '', 'scope': 'layer'})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
       'weight_decay': 0.01, 'clip_norm': 1.0,

@@ -21,6 +21,18 @@ micro-batch's loss is weighted by its share of each term's units (`term.count`: 
 rows, or labelled tokens for tagging), so the update equals the one of the whole batch
 up to float rounding. One step is one optimizer update: the schedule, the logged
 learning rate and the parameter average (EMA) advance once per update.
+
+Term-owned parameters ("aux"): a term with `init(rng, student_config, teacher_configs)`
+owns trainable parameters, e.g. TinyBERT's projection of the student's hidden states
+to a wider teacher's (`research/transforms/distill_intermediate.py`). They live in
+`state['aux']` = {term name: params}, built by `init_aux` and added by
+`init_state(..., aux=..., aux_tx=...)`; the step differentiates the loss with respect
+to them beside the student's params, updates them with their own optimizer `aux_tx`
+(state['aux_opt_state']; they have no freeze labels, LLRD depth or EMA) and passes
+each term its own as `term(student, teachers, batch, params=...)`. They are in the
+checkpointed train state, so a resumed run continues them, but not in `state['params']`:
+the saved best params, exports and `init_from` see the student alone. Without such
+terms the state has no 'aux' entry and is what it was before.
 """
 from __future__ import annotations
 
@@ -70,12 +82,37 @@ def forward(model, params: Params, batch: dict, *, train: bool = False, rng=None
                      output_attentions='attentions' in needs, output_qkv='qkv' in needs)
 
 
+def owns_params(term: Any) -> bool:
+  """Whether a loss term owns trainable parameters (it has `init`)."""
+  return callable(getattr(term, 'init', None))
+
+
+def init_aux(terms: Sequence[Any], rng: jax.Array, student_config: Any,
+             teacher_configs: Sequence[Any] = ()) -> dict:
+  """{term name: params} of the terms that own parameters (empty trees dropped).
+
+  Args:
+    terms: the step's loss terms.
+    rng: initialisation key (folded with each term's index).
+    student_config: the student's EncoderConfig.
+    teacher_configs: each in-step teacher's EncoderConfig.
+  """
+  aux = {}
+  for i, term in enumerate(terms):
+    if owns_params(term):
+      params = term.init(jax.random.fold_in(rng, i), student_config, tuple(teacher_configs))
+      if jax.tree.leaves(params):
+        aux[term.name] = params
+  return aux
+
+
 def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
                  ) -> Callable[..., tuple[jax.Array, dict]]:
-  """`loss(params, batch, rng, teacher_params, shares=None) -> (total, metrics)`.
+  """`loss(params, batch, rng, teacher_params, shares=None, aux=None) -> (total, metrics)`.
 
   `shares` (one scalar per term) weighs each term's value; None means 1 (a whole
-  batch). The teachers run without dropout, behind `stop_gradient`.
+  batch). The teachers run without dropout, behind `stop_gradient`. `aux` holds the
+  params of terms that own some ({term name: params}, see the module docstring).
   """
   if not terms:
     raise ValueError('the train step needs at least one loss term')
@@ -85,7 +122,7 @@ def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
   student_needs = frozenset().union(*(t.needs for t in terms))
   teacher_needs = frozenset().union(*(t.teacher_needs for t in terms))
 
-  def loss(params, batch, rng, teacher_params=(), shares=None):
+  def loss(params, batch, rng, teacher_params=(), shares=None, aux=None):
     if len(teacher_params) != len(teachers):
       raise ValueError(f'the step has {len(teachers)} teacher model(s) but got '
                        f'{len(teacher_params)} teacher param tree(s)')
@@ -95,7 +132,10 @@ def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
         for t, p in zip(teachers, teacher_params))
     total, metrics = 0.0, {}
     for i, term in enumerate(terms):
-      value, extra = term(student, teacher_out, batch)
+      if owns_params(term):
+        value, extra = term(student, teacher_out, batch, params=(aux or {}).get(term.name, {}))
+      else:
+        value, extra = term(student, teacher_out, batch)
       if shares is not None:
         value = value * shares[i]
       total = total + term.weight * value
@@ -106,13 +146,24 @@ def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
 
 
 def init_state(params: Params, tx: optax.GradientTransformation, seed: int,
-               ema_decay: float = 0.0) -> dict:
-  """The train state pytree: step, params, optimizer state, RNG and (optionally) EMA."""
+               ema_decay: float = 0.0, aux: dict | None = None,
+               aux_tx: optax.GradientTransformation | None = None) -> dict:
+  """The train state pytree: step, params, optimizer state, RNG and (optionally) EMA
+  and the loss terms' own params (`aux`, trained by `aux_tx`)."""
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(seed)}
   if ema_decay:
     state['ema'] = jax.jit(averaging.init)(params)
+  if aux:
+    state = add_aux(state, aux, aux_tx)
   return state
+
+
+def add_aux(state: dict, aux: dict, aux_tx: optax.GradientTransformation | None) -> dict:
+  """The state with the loss terms' own params and their optimizer state."""
+  if aux_tx is None:
+    raise ValueError('loss terms own parameters (aux) but no aux_tx optimizer was given')
+  return {**state, 'aux': aux, 'aux_opt_state': jax.jit(aux_tx.init)(aux)}
 
 
 def _micro_batches(batch: dict, k: int) -> dict:
@@ -127,7 +178,8 @@ def _micro_batches(batch: dict, k: int) -> dict:
 def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any], *,
                     teachers: Sequence[Any] = (), labels: Any = None,
                     schedule: optax.Schedule | None = None, ema_decay: float = 0.0,
-                    accumulate_steps: int = 1):
+                    accumulate_steps: int = 1,
+                    aux_tx: optax.GradientTransformation | None = None):
   """Builds `step(state, batch, teacher_params=()) -> (state, metrics)` (not jitted).
 
   Args:
@@ -140,6 +192,8 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
     schedule: the learning-rate schedule, logged as 'learning_rate'.
     ema_decay: > 0 keeps a parameter average in `state['ema']`.
     accumulate_steps: micro-batches per update (the batch must split evenly).
+    aux_tx: the optimizer of the terms' own params (`state['aux']`), when any term
+      owns some.
 
   Returns:
     The step function; jit it with `donate_argnums=0` (never donate the teachers).
@@ -155,28 +209,31 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
       return params
     return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
 
+  # Differentiated with respect to (student params, terms' own params).
   grad_fn = jax.value_and_grad(
-      lambda params, *args: loss_fn(differentiable(params), *args), has_aux=True)
+      lambda trainable, batch, rng, teacher_params, shares=None: loss_fn(
+          differentiable(trainable[0]), batch, rng, teacher_params, shares, trainable[1]),
+      has_aux=True)
 
-  def gradients(params, batch, rng, teacher_params):
+  def gradients(trainable, batch, rng, teacher_params):
     if accumulate_steps == 1:
-      return grad_fn(params, batch, rng, teacher_params)
+      return grad_fn(trainable, batch, rng, teacher_params)
     micro = _micro_batches(batch, accumulate_steps)
     counts = jnp.stack([jax.vmap(term.count)(micro) for term in terms], 1)  # [k, terms]
     shares = counts / jnp.maximum(counts.sum(0), 1.0)
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
 
     def body(carry, xs):
       grads, total, metrics = carry
       mb, share, index = xs
-      (value, extra), g = grad_fn(params, mb, jax.random.fold_in(rng, index),
+      (value, extra), g = grad_fn(trainable, mb, jax.random.fold_in(rng, index),
                                   teacher_params, share)
       grads = jax.tree.map(jnp.add, grads, g)
       metrics = jax.tree.map(jnp.add, metrics, extra)
       return (grads, total + value, metrics), None
 
-    abstract = jax.eval_shape(lambda: loss_fn(params, jax.tree.map(lambda x: x[0], micro),
-                                              rng, teacher_params, shares[0])[1])
+    abstract = jax.eval_shape(lambda: loss_fn(trainable[0], jax.tree.map(lambda x: x[0], micro),
+                                              rng, teacher_params, shares[0], trainable[1])[1])
     metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
     (grads, total, metrics), _ = jax.lax.scan(
         body, (zeros, jnp.zeros((), jnp.float32), metrics0),
@@ -185,7 +242,8 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
 
   def step(state, batch, teacher_params=()):
     rng = jax.random.fold_in(state['rng'], state['step'])
-    (total, parts), grads = gradients(state['params'], batch, rng, tuple(teacher_params))
+    (total, parts), (grads, aux_grads) = gradients(
+        (state['params'], state.get('aux', {})), batch, rng, tuple(teacher_params))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     # The norm covers trainable gradients only: reading frozen ones would force XLA to
@@ -201,6 +259,15 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
     new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
     if ema_decay:
       new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)
+    if 'aux' in state:
+      if aux_tx is None:
+        raise ValueError("the state holds loss terms' params (aux) but make_train_step "
+                         'got no aux_tx to update them')
+      aux_updates, aux_opt_state = aux_tx.update(aux_grads, state['aux_opt_state'],
+                                                 state['aux'])
+      new_state['aux'] = optax.apply_updates(state['aux'], aux_updates)
+      new_state['aux_opt_state'] = aux_opt_state
+      metrics['aux_grad_norm'] = optax.global_norm(aux_grads)
     return new_state, metrics
 
   return step

@@ -13,6 +13,10 @@ teacher's raw outputs are cached under `config.distill.cache_dir` (default:
 the student's workdir) by a key of the teacher's folder, checkpoint step and the
 features' token ids, so a resumed run, or a second student with another temperature or
 alpha, does not run the teachers again.
+
+A teacher is a run folder, or `hf:<folder or Hub id>`, a fine-tuned Hugging Face
+classifier (`hf_heads.load_task_model`): its head must be the task's kind and its
+labels the task's (reordered by name), its tokenizer the student's.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import zipfile
 import jax
 import numpy as np
 
+from research.checkpoints import hf_heads, load_tokenizer
 from research.data import tasks
 from research.train import saved_runs
 from research.transforms import distill
@@ -52,7 +57,8 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
     name = 'teacher_' + hashlib.sha1(key.encode()).hexdigest()[:16] + '.npz'
     return key, os.path.join(cache_dir, name)
 
-  key, path = cache_entry(saved_runs.checkpoint_step(folder, which))
+  key, path = cache_entry(0 if folder.startswith(HF_PREFIX) else
+                          saved_runs.checkpoint_step(folder, which))
   if os.path.exists(path):
     try:
       with np.load(path) as saved:
@@ -75,13 +81,50 @@ def teacher_outputs(folder: str, which: str, features: list, config, spec: tasks
   return outputs
 
 
+HF_PREFIX = 'hf:'
+
+
 def teacher_folders(config) -> list[str]:
-  """The absolute folders named by `config.distill.teachers` (comma-separated)."""
-  return [os.path.abspath(w.strip()) for w in config.distill.teachers.split(',') if w.strip()]
+  """The teachers named by `config.distill.teachers` (comma-separated): absolute run
+  folders, and 'hf:<folder or Hub id>' (an existing folder made absolute)."""
+  refs = []
+  for entry in config.distill.teachers.split(','):
+    entry = entry.strip()
+    if not entry:
+      continue
+    if entry.startswith(HF_PREFIX):
+      name = entry[len(HF_PREFIX):].strip()
+      if not name:
+        raise ValueError(f"config.distill.teachers: {entry!r} names no model after 'hf:'")
+      refs.append(HF_PREFIX + (os.path.abspath(name) if os.path.isdir(name) else name))
+    else:
+      refs.append(os.path.abspath(entry))
+  return refs
+
+
+def load_hf_teacher(name: str, spec: tasks.TaskSpec, tokenizer) -> saved_runs.SavedRun:
+  """A fine-tuned Hugging Face classifier as a teacher (its labels in the task's order)."""
+  ref = HF_PREFIX + name
+  model, params, labels = hf_heads.load_task_model(name)
+  if model.objective.kind != spec.kind:
+    raise ValueError(f'Teacher {ref} is a {model.objective.kind} model; the student\'s task '
+                     f'{spec.name} is {spec.kind}')
+  if spec.label_names:
+    try:
+      params = hf_heads.reorder_labels(params, labels, spec.label_names)
+    except ValueError as e:
+      raise ValueError(f'Teacher {ref} does not predict the labels of {spec.name}: {e}') from e
+  if load_tokenizer(name).get_vocab() != tokenizer.get_vocab():
+    raise ValueError(f'Teacher {ref} uses another tokenizer than the student; they must '
+                     'share one')
+  return saved_runs.SavedRun(ref, None, spec, model, params, 0)
 
 
 def load_teacher(folder: str, which: str, spec: tasks.TaskSpec, tokenizer) -> saved_runs.SavedRun:
-  """A saved run as a teacher, checked to share the student's task and tokenizer."""
+  """A saved run (or 'hf:<name>') as a teacher, checked to share the student's task and
+  tokenizer."""
+  if folder.startswith(HF_PREFIX):
+    return load_hf_teacher(folder[len(HF_PREFIX):], spec, tokenizer)
   run = saved_runs.load_run(folder, which)
   if run.spec.name != spec.name:
     raise ValueError(f'Teacher {folder} was trained on {run.spec.name}, the student on '

@@ -15,7 +15,9 @@ evaluation and checkpoint steps (no per-step host sync); at each of those the pe
 losses are checked, and a non-finite one stops the run before anything is evaluated or
 saved, leaving the last good checkpoint untouched. With `config.distill.teachers`,
 saved runs teach the student: their cached outputs as soft targets, or the frozen
-teachers run inside the step (`distill.mode='in_step'`).
+teachers run inside the step (`distill.mode='in_step'`), which can also teach hidden
+states, attention maps and self-attention relations (`distill.hidden_weight`,
+`attention_weight`, `relation_weight`; `research/transforms/distill_intermediate.py`).
 """
 from __future__ import annotations
 
@@ -37,14 +39,19 @@ from research.data import tasks
 from research.data.batching import BatchIterator
 from research.train import averaging, evaluation, saved_runs, sharding
 from research.train import teachers as teachers_lib
-from research.train.build import build_model, load_split
+from research.train.build import build_model, load_corpus, load_split, uses_corpus
 from research.train.checkpointing import Checkpoints, abstract_like
 from research.train.metric_writer import MetricWriter
 from research.train.optimizers import make_optimizer, schedule_from_config
 from research.train.step import TaskLoss, init_state, make_train_step
+from research.train.step import add_aux, init_aux
+from research.transforms import distill_intermediate
 from research.transforms import distill, freeze, quantize
+from research.transforms import sparsity
 
 DISTILL_MODES = ('cached', 'in_step')
+# config.distill weights of the terms over intermediates (distill_intermediate.py).
+INTERMEDIATE_WEIGHTS = ('hidden_weight', 'attention_weight', 'relation_weight')
 
 
 def check_config(config) -> None:
@@ -81,6 +88,46 @@ def check_config(config) -> None:
     if distill_config.get('mode', 'cached') not in DISTILL_MODES:
       raise ValueError(f'config.distill.mode must be one of {DISTILL_MODES}, got '
                        f'{distill_config.mode!r}')
+  if distill_config:
+    intermediate = [f for f in INTERMEDIATE_WEIGHTS if distill_config.get(f, 0.0)]
+    for name in INTERMEDIATE_WEIGHTS:
+      if distill_config.get(name, 0.0) < 0:
+        raise ValueError(f'config.distill.{name} must be >= 0 (0 = off), got '
+                         f'{distill_config[name]}')
+    if distill_config.get('relation_heads', 0) < 0:
+      raise ValueError(f'config.distill.relation_heads must be >= 0 (0 = the student\'s '
+                       f'heads), got {distill_config.relation_heads}')
+    if intermediate and not distill_config.teachers:
+      raise ValueError(f'config.distill.{intermediate[0]} > 0 needs config.distill.teachers')
+    if intermediate and distill_config.get('mode', 'cached') != 'in_step':
+      raise ValueError(f'config.distill.{intermediate[0]} > 0 distils intermediates, which '
+                       "needs the teachers in the step: set config.distill.mode='in_step'")
+
+
+def loss_terms(config, objective, student_config, teacher_configs=(),
+               in_step: bool = False) -> list:
+  """The step's loss terms from `config.distill`: the task loss, the soft targets
+  (cached or from in-step teachers) and the intermediate terms of nonzero weight, each
+  checked against the student's and teachers' encoder configs (layer maps, heads)."""
+  cfg = config.get('distill')
+  if not (cfg and cfg.teachers):
+    return [TaskLoss(objective)]
+  alpha = cfg.alpha
+  soft = (distill.TeacherSoftTargets if in_step else distill.SoftTargets)(
+      objective, cfg.temperature, weight=alpha)
+  terms = [TaskLoss(objective, weight=1 - alpha), soft]
+  layer_map = cfg.get('layer_map', 'uniform')
+  if cfg.get('hidden_weight', 0.0):
+    terms.append(distill_intermediate.HiddenStateMSE(layer_map, cfg.hidden_weight))
+  if cfg.get('attention_weight', 0.0):
+    terms.append(distill_intermediate.AttentionKL(layer_map, cfg.attention_weight))
+  if cfg.get('relation_weight', 0.0):
+    terms.append(distill_intermediate.MiniLMRelations(
+        cfg.get('relation_layer_map', 'last:1'), cfg.relation_weight,
+        relation_heads=cfg.get('relation_heads', 0)))
+  for term in terms[2:]:
+    term.check(student_config, teacher_configs)
+  return terms
 
 
 def save_config(config, workdir: str) -> str:
@@ -182,10 +229,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
 
   # -- Data ------------------------------------------------------------------------
   accumulate = config.optimizer.get('accumulate_steps', 1)
-  train_examples, train_features = load_split(config, spec, tokenizer, config.train_split,
-                                              config.train_examples, training=True)
-  eval_examples, eval_features = load_split(config, spec, tokenizer, config.eval_split,
-                                            config.eval_examples)
+  train_iter = None
+  if uses_corpus(config):  # pre-training: a text corpus replaces the task's splits
+    spec, train_examples, eval_examples, eval_features, train_iter = load_corpus(
+        config, tokenizer, encoder_config.vocab_size, config.batch_size * accumulate)
+    train_features = train_examples
+  else:
+    train_examples, train_features = load_split(config, spec, tokenizer, config.train_split,
+                                                config.train_examples, training=True)
+    eval_examples, eval_features = load_split(config, spec, tokenizer, config.eval_split,
+                                              config.eval_examples)
   model = build_model(config, spec, encoder_config)
   model = model.clone(objective=model.objective.with_train_statistics(train_features))
   objective = model.objective
@@ -193,12 +246,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     saved_runs.write_model(workdir, model)
     saved_runs.save_tokenizer(workdir, tokenizer)
   # One batch per optimizer update: accumulate_steps micro-batches of batch_size.
-  train_iter = BatchIterator(
-      train_features, config.batch_size * accumulate, max_length=config.max_length,
-      pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
-      bucket_batches=config.bucket_batches, drop_remainder=True, num_epochs=None,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      pad_id=tokenizer.pad_token_id or 0)
+  if train_iter is None:
+    train_iter = BatchIterator(
+        train_features, config.batch_size * accumulate, max_length=config.max_length,
+        pad_multiple=config.pad_multiple, shuffle=True, seed=config.seed,
+        bucket_batches=config.bucket_batches, drop_remainder=True, num_epochs=None,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        pad_id=tokenizer.pad_token_id or 0)
   steps_per_epoch = len(train_iter)
   distill_config = config.get('distill')
   distilling = bool(distill_config and distill_config.teachers)
@@ -245,7 +299,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   opt_config.update(total_steps=total_steps, num_layers=encoder_config.num_layers,
                     attention_map=encoder_config.attention_map, ffn_map=encoder_config.ffn_map)
   rules = freeze.preset(config.freeze)
-  tx = freeze.with_freezing(make_optimizer(opt_config), params, rules)
+  inner = make_optimizer(opt_config)
+  if config.get('sparsity') and config.sparsity.target:  # gradual pruning, masks in opt state
+    if config.ema_decay:
+      raise ValueError('config.sparsity.target > 0 needs config.ema_decay = 0: the average '
+                       'of the params is not sparse')
+    # Inside the freezing partition: frozen params are never pruned.
+    inner = sparsity.from_config(config.sparsity, inner, total_steps)
+  tx = freeze.with_freezing(inner, params, rules)
   schedule = schedule_from_config(opt_config)
   trainable, total = freeze.count_trainable(params, rules)
   labels = freeze.freeze_labels(params, rules)
@@ -255,6 +316,18 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   state_shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
   state = jax.device_put(state, state_shardings)
   teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
+
+  # -- Loss terms: intermediate terms may own params (aux), trained and resumed too --
+  terms = loss_terms(config, objective, encoder_config,
+                     [t.encoder for t in teacher_models], in_step)
+  aux = init_aux(terms, jax.random.fold_in(rng, 1), encoder_config,
+                 [t.encoder for t in teacher_models])
+  aux_tx = None
+  if aux:  # the same optimizer settings, without LLRD or gradual unfreezing (no layers)
+    aux_tx = make_optimizer({**opt_config, 'llrd': None, 'unfreeze_every': None})
+    state = add_aux(state, aux, aux_tx)
+    state_shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
+    state = jax.device_put(state, state_shardings)
 
   # -- Resume: the workdir's latest checkpoint wins ---------------------------------
   ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -266,16 +339,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     logging.info('Resumed from step %d in %s', int(state['step']), workdir)
 
   # -- Steps --------------------------------------------------------------------------
-  terms = [TaskLoss(objective)]
-  if distilling:
-    alpha, temperature = distill_config.alpha, distill_config.temperature
-    soft = (distill.TeacherSoftTargets if in_step else distill.SoftTargets)(
-        objective, temperature, weight=alpha)
-    terms = [TaskLoss(objective, weight=1 - alpha), soft]
   train_step = jax.jit(
       make_train_step(model, tx, terms, teachers=teacher_models, labels=labels,
                       schedule=schedule, ema_decay=config.ema_decay,
-                      accumulate_steps=accumulate),
+                      accumulate_steps=accumulate, aux_tx=aux_tx),
       donate_argnums=0, out_shardings=(state_shardings, None))
 
   def eval_params(state):
@@ -331,13 +398,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
           ckpt.save_best(step, eval_params(state), score, {'metrics': last_eval, 'step': step})
       if save:
         ckpt.save(step, state, {'iterator': train_iter.state_dict(), 'best': best})
+    if start >= total_steps:  # a finished run started again: report its final metrics
+      with mesh:
+        last_eval = run_eval(eval_params(state))
   finally:
     ckpt.close()
     writer.close()
     progress.close()
   return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
           'total_params': total, 'workdir': workdir, 'params': eval_params(state),
-          'model': model}
+          'model': model, 'task': spec.name, 'main_metric': spec.main_metric}
 
 
 class _Progress:

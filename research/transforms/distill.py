@@ -21,7 +21,10 @@ forward must return, e.g. {'attentions'}), `teacher_needs`, `count(batch)` (the 
 its value averages over, for gradient accumulation) and
 `__call__(student, teachers, batch) -> (value, metrics)`, where `student` is the
 model's `(outputs, intermediates)` and `teachers` a tuple of the same per teacher (empty
-without a teacher).
+without a teacher). A term may also own trainable parameters: it then has
+`init(rng, student_config, teacher_configs)` and is called with `params=` (see
+`research/train/step.py`). Terms over hidden states, attention maps and relations are in
+`research/transforms/distill_intermediate.py`.
 
 Example:
   >>> from research.objectives import Classification
