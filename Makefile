@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 
 install: $(STAMP)
 
+# The main job: fine-tune on SST-2, then compress that run (distil, prune, int8) and
+# print the accuracy / size / speed table (runs/sst2_main/compressed/pareto.png).
 run: $(STAMP)
 	$(BIN)/python -m experiments.main --config experiments/configs/glue.py:task=sst2,cpu_budget --workdir runs/sst2_main
+	$(BIN)/python -m experiments.compress --config experiments/configs/fastformers.py:cpu_budget --teacher runs/sst2_main:best --workdir runs/sst2_main/compressed
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

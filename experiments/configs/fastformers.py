@@ -1,0 +1,74 @@
+r"""FastFormers-style compression of a fine-tuned run (Kim & Awadalla 2020), as a chain of runs.
+
+    # the full pipeline on the main job's SST-2 run (two students; ~1 h on 2 CPU cores):
+    python -m experiments.compress --config experiments/configs/fastformers.py \
+        --teacher runs/sst2_main:best --workdir runs/fastformers
+    # the CPU-sized version the main job (`make run`) ends with (~7 minutes):
+    python -m experiments.compress --config experiments/configs/fastformers.py:cpu_budget \
+        --teacher runs/sst2_main:best --workdir runs/sst2_main/compressed
+    # tiny smoke run (tests, notebooks):
+    python -m experiments.compress --config experiments/configs/fastformers.py:runlocal ...
+
+Stages, each a run folder under the workdir that the next starts from:
+  1. dynamic sequence length: each batch padded to its own longest sentence instead of
+     `max_length` (measured on the teacher; every later model also runs this way);
+  2. distillation into each student (`students`): initialised from teacher layers
+     (`student_init.select_layers`, optionally narrowed), trained with the frozen
+     teacher in the step (soft targets + hidden states);
+  3. structured pruning of heads and FFN neurons by importance (Michel et al. 2019),
+     physically removed, then a short distillation recovery;
+  4. int8 post-training quantization (static activation scales, int8 x int8 -> int32).
+Report: dev accuracy, parameters, bytes on disk, sequences/s at batch 1 and 32 on the
+dev sentences (real length distribution), speed-ups against the teacher and against
+transformers + PyTorch running the teacher, per stage; a Pareto plot (accuracy against
+speed) and one JSON line. Expected numbers: docs/results.md, "FastFormers pipeline".
+
+Arguments: cpu_budget, runlocal.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  args = set(filter(None, (arg or '').split(',')))
+  unknown = args - {'cpu_budget', 'runlocal'}
+  if unknown:
+    raise ValueError(f'unknown arguments {sorted(unknown)}; known: cpu_budget, runlocal')
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Students, ';'-separated; each `layers=<teacher layers>` with optional `heads=`,
+  # `ffn=`, `hidden=` (leading heads / units / coordinates kept; student_init.py).
+  c.students = 'layers=1,3,5;layers=2,5'
+  # Distillation: frozen teacher in the step, soft targets (alpha, temperature) and
+  # TinyBERT hidden-state MSE on uniformly mapped layers.
+  c.distill = ml_collections.ConfigDict({
+      'steps': 1200, 'learning_rate': 1e-4, 'alpha': 0.9, 'temperature': 2.0,
+      'hidden_weight': 1.0, 'attention_weight': 0.0, 'layer_map': 'uniform'})
+  # Structured pruning of each distilled student; recovery = distillation steps after.
+  c.prune = ml_collections.ConfigDict({
+      'heads_fraction': 0.3, 'ffn_fraction': 0.3, 'importance_examples': 512,
+      'recovery_steps': 300})
+  c.quantize = ml_collections.ConfigDict({'calibration': 'max', 'examples': 512})
+  # Speed: dev sentences timed (0 = all), batch sizes, alternated rounds, and whether
+  # transformers + PyTorch runs the teacher as well.
+  c.speed = ml_collections.ConfigDict({
+      'sentences': 0, 'batch_sizes': '1,32', 'rounds': 3, 'torch': True})
+  c.eval_examples = 0  # dev examples scored (0 = all)
+  if 'cpu_budget' in args:  # the main job's tail: one student, short stages
+    c.students = 'layers=1,3,5'
+    c.distill.steps = 300
+    c.prune.recovery_steps = 100
+    c.prune.importance_examples = 256
+    c.quantize.examples = 256
+    c.speed.sentences = 256
+    c.speed.rounds = 2
+  if 'runlocal' in args:
+    c.students = 'layers=1'
+    c.distill.steps = 4
+    c.prune.recovery_steps = 2
+    c.prune.importance_examples = 16
+    c.quantize.examples = 16
+    c.speed.sentences = 16
+    c.speed.rounds = 1
+    c.speed.torch = False
+    c.eval_examples = 32
+  return c

@@ -1,0 +1,117 @@
+"""Sequences per second of saved runs on real sentences, side by side in one process.
+
+    batches = length_batches(tokenizer, examples, batch=32, max_length=128)
+    rates = sequences_per_second({'teacher': runner(teacher), 'student': runner(student)},
+                                 batches, rounds=3)
+
+Each runner encodes every batch once per round; rounds alternate between runners, so a
+load that drifts during the measurement hits all of them alike, and the best round
+counts (the least disturbed). `length_batches` pads each batch to its own longest
+sentence (dynamic length, as FastFormers) or, with `dynamic=False`, every batch to
+`max_length` (the static padding a fixed-shape server uses). Benchmark scripts and the
+compression pipeline's report use this; tests never time anything.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+def length_batches(tokenizer, examples: Sequence[Mapping[str, Any]], batch: int,
+                   max_length: int, pad_multiple: int = 8, dynamic: bool = True
+                   ) -> list[dict[str, np.ndarray]]:
+  """Token batches of `examples` ({'text_a', optional 'text_b'}) in their given order."""
+  if batch < 1 or not examples:
+    raise ValueError(f'need a batch size >= 1 and examples, got {batch} and '
+                     f'{len(examples)} examples')
+  out = []
+  for i in range(0, len(examples), batch):
+    chunk = examples[i:i + batch]
+    pairs = [e.get('text_b') for e in chunk]
+    enc = tokenizer([e['text_a'] for e in chunk], pairs if any(pairs) else None,
+                    truncation=True, max_length=max_length)
+    width = max_length
+    if dynamic:
+      width = min(max_length, -(-max(len(x) for x in enc['input_ids']) // pad_multiple)
+                  * pad_multiple)
+    ids = np.zeros((len(chunk), width), np.int32)
+    mask, types = np.zeros_like(ids), np.zeros_like(ids)
+    for r, row in enumerate(enc['input_ids']):
+      ids[r, :len(row)] = row
+      mask[r, :len(row)] = 1
+      if 'token_type_ids' in enc:
+        types[r, :len(row)] = enc['token_type_ids'][r]
+    out.append({'input_ids': ids, 'attention_mask': mask, 'token_type_ids': types})
+  return out
+
+
+def runner(model, params) -> Callable[[dict], Any]:
+  """A jitted forward of a TaskModel that blocks until its outputs are ready."""
+  forward = jax.jit(lambda p, ids, mask, types: model.apply(
+      {'params': p}, ids, mask, types, deterministic=True)[0])
+
+  def run(batch):
+    return jax.block_until_ready(forward(params, batch['input_ids'],
+                                         batch['attention_mask'], batch['token_type_ids']))
+  return run
+
+
+def torch_runner(encoder_config, encoder_params, threads: int | None = None,
+                 dtype: str = 'float32') -> Callable[[dict], Any]:
+  """transformers + PyTorch running the same encoder (exported), for reference speeds.
+
+  Only the encoder: a task head is one small matmul. `dtype='bfloat16'` runs under CPU
+  autocast, as a PyTorch user would. Needs torch and transformers (test extras).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  from research.checkpoints import hf_export  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
+  with tempfile.TemporaryDirectory() as folder:
+    config, params = hf_export.pad_pruned(encoder_config, encoder_params)
+    hf_export.export_pretrained(config, params, folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+
+  def run(batch):
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                                enabled=dtype == 'bfloat16'):
+      ids = torch.from_numpy(batch['input_ids'].astype(np.int64))
+      mask = torch.from_numpy(batch['attention_mask'].astype(np.int64))
+      return model(input_ids=ids, attention_mask=mask).last_hidden_state
+  return run
+
+
+def sequences_per_second(runners: Mapping[str, Callable[[dict], Any]],
+                         batches: Sequence[dict] | Mapping[str, Sequence[dict]],
+                         rounds: int = 3) -> dict[str, float]:
+  """Best-round sequences/s of each runner over `batches` (or its own batch list).
+
+  Every shape is run once first (compilation), then `rounds` alternated rounds.
+  """
+  if rounds < 1:
+    raise ValueError(f'rounds must be >= 1, got {rounds}')
+  own = (lambda name: batches[name]) if isinstance(batches, Mapping) else (lambda _: batches)
+  for name, run in runners.items():
+    for b in own(name):
+      run(b)
+  best = {name: float('inf') for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      for b in own(name):
+        run(b)
+      best[name] = min(best[name], time.perf_counter() - start)
+  return {name: sum(len(b['input_ids']) for b in own(name)) / best[name] for name in runners}
+
+
+def folder_bytes(folder: str) -> int:
+  """Bytes of the files under `folder` (a run's `best/` checkpoint: its size on disk)."""
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(folder) for f in files)

@@ -1,0 +1,56 @@
+"""experiments/compress.py (the FastFormers-style pipeline) end to end on a tiny run."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from experiments import compress
+from experiments.configs import fastformers
+from research.train import saved_runs
+
+
+def test_pipeline_runs_every_stage_and_reports(make_tiny_run, tmp_path):
+  teacher = make_tiny_run(2)
+  pipeline = fastformers.get_config('runlocal')
+  report = compress.compress(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
+  stages = {k: str(tmp_path / 'out' / 'L1' / k)
+            for k in ('distilled', 'pruned', 'recovered', 'int8')}
+  distilled = saved_runs.load_run(stages['distilled'])
+  assert distilled.model.encoder.num_layers == 1          # layers=1 of the teacher's 2
+  pruned = saved_runs.load_run(stages['pruned'])
+  assert pruned.model.encoder.heads(0) < 4                # heads removed for real
+  int8 = saved_runs.load_run(stages['int8'])
+  assert {kind for _, kind in int8.model.encoder.projections} == {'int8'}
+  rows = {r['model']: r for r in report['rows']}
+  assert set(rows) == {'teacher', 'L1 distilled', 'L1 pruned', 'L1 recovered', 'L1 int8',
+                       'teacher, static length'}
+  for name in ('teacher', 'L1 distilled', 'L1 int8'):
+    assert 0.0 <= rows[name]['accuracy'] <= 100.0
+    assert rows[name]['seq_s_b32'] > 0 and rows[name]['bytes_on_disk'] > 0
+  assert rows['L1 pruned']['params'] < rows['L1 distilled']['params'] < rows['teacher']['params']
+  assert rows['teacher, static length']['speedup_b1'] == 1.0
+  assert set(report['stages']['L1']) == {'dynamic length', 'distillation', 'pruning', 'int8'}
+  assert os.path.isfile(tmp_path / 'out' / 'pareto.png')
+  saved = json.loads((tmp_path / 'out' / 'pipeline.json').read_text())
+  assert saved['metric'] == 'accuracy' and len(saved['rows']) == len(report['rows'])
+  # A rerun skips every finished stage (no stage folder is written again).
+  before = os.path.getmtime(os.path.join(stages['int8'], 'model.json'))
+  compress.run_stages(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
+  assert os.path.getmtime(os.path.join(stages['int8'], 'model.json')) == before
+
+
+def test_bad_pipeline_input_is_named(make_tiny_run, tmp_path):
+  with pytest.raises(ValueError, match='expected layers/heads/ffn/hidden'):
+    compress.parse_student('layers=1 depth=3')
+  with pytest.raises(ValueError, match='names no teacher layers'):
+    compress.parse_student('heads=2')
+  with pytest.raises(ValueError, match='unknown arguments'):
+    fastformers.get_config('fast')
+  teacher = make_tiny_run(2)
+  int8 = str(tmp_path / 'int8')
+  compress.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
+  with pytest.raises(ValueError, match='already compressed'):
+    compress.run_stages(fastformers.get_config('runlocal'), f'{int8}:best',
+                        str(tmp_path / 'out'))
