@@ -39,12 +39,19 @@ def to_hf_tensors(config: EncoderConfig, params: Mapping[str, Any]) -> dict[str,
   extra = sorted(set(flat) - names)
   if extra:
     raise ValueError(f'Params have entries with no Hugging Face name: {extra}')
-  out = {}
+  out, fused = {}, {}
   for entry in table:
     if entry.ours not in flat:
       raise ValueError(f'Params lack {entry.ours} (needed for {entry.hf})')
     array = np.asarray(flat[entry.ours], dtype=np.float32)
+    if entry.kind in hf_names.FUSED_PART or entry.kind in hf_names.FUSED_BIAS_PART:
+      # GPT-2's c_attn: three of our params are one HF tensor, columns [q | k | v].
+      part = hf_names.FUSED_PART.get(entry.kind, hf_names.FUSED_BIAS_PART.get(entry.kind))
+      fused.setdefault(entry.hf, {})[part] = hf_names.to_hf(entry.kind, array)
+      continue
     out[entry.hf] = np.ascontiguousarray(hf_names.to_hf(entry.kind, array))
+  for name, parts in fused.items():
+    out[name] = np.ascontiguousarray(np.concatenate([parts[i] for i in range(3)], axis=-1))
   return out
 
 

@@ -193,7 +193,8 @@ def load_pretrained(name: str | os.PathLike, *, dont_load: Sequence[str] = (),
 
 # Files a slow tokenizer of each family is built from when there is no tokenizer.json.
 _VOCAB_FILES = {'bert': ('vocab.txt',), 'distilbert': ('vocab.txt',),
-                'roberta': ('vocab.json', 'merges.txt'), 'albert': ('spiece.model',)}
+                'roberta': ('vocab.json', 'merges.txt'), 'albert': ('spiece.model',),
+                'gpt2': ('vocab.json', 'merges.txt')}
 
 
 def check_tokenizer_fits(tokenizer, vocab_size: int, where: str | os.PathLike) -> None:

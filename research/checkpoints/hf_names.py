@@ -15,7 +15,7 @@ from research.models.config import EncoderConfig, MODEL_TYPES
 
 # Prefix a task model (BertForSequenceClassification, ...) puts before the encoder.
 BASE_PREFIX = {'bert': 'bert.', 'roberta': 'roberta.', 'distilbert': 'distilbert.',
-               'albert': 'albert.'}
+               'albert': 'albert.', 'gpt2': 'transformer.'}
 
 # Checkpoint tensors that are not part of the encoder: pre-training heads, task heads
 # and non-persistent buffers. They are skipped by default and reported; pass
@@ -25,6 +25,7 @@ DEFAULT_IGNORE = (
     r'cls\..*', r'lm_head\..*', r'predictions\..*', r'sop_classifier\..*',
     r'vocab_(transform|layer_norm|projector)\..*',
     r'classifier\..*', r'pre_classifier\..*', r'qa_outputs\..*',
+    r'h\.\d+\.attn\.(masked_)?bias',  # GPT-2's causal-mask buffers (older checkpoints)
 )
 
 _HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
@@ -38,6 +39,10 @@ class Entry:
   kinds: 'linear' (HF [out, in] <-> ours [in, out]), 'copy' (same layout),
   'qkv' (HF [heads*d, hidden] <-> ours [hidden, heads, d]), 'qkv_bias'
   ([heads*d] <-> [heads, d]), 'out' (HF [hidden, heads*d] <-> ours [heads, d, hidden]).
+  GPT-2 (Conv1D weights stored [in, out]): 'conv_out' (HF [heads*d, hidden] <-> ours
+  [heads, d, hidden]) and 'fused_q' / 'fused_k' / 'fused_v' (+ '_bias'): one third of
+  the fused `c_attn` (HF [hidden, 3*heads*d] <-> ours [hidden, heads, d]); three
+  entries share that HF name, and export concatenates them in q, k, v order.
   """
   ours: str
   hf: str
@@ -70,6 +75,8 @@ _KINDS = {'attention/query': 'qkv', 'attention/key': 'qkv', 'attention/value': '
 def tensor_map(config: EncoderConfig) -> list[Entry]:
   """Every parameter of `config`'s encoder with its Hugging Face name."""
   mt = config.model_type
+  if mt == 'gpt2':
+    return _gpt2_tensor_map(config)
   entries = [Entry('embeddings/word_embeddings/embedding', 'embeddings.word_embeddings.weight',
                    'copy'),
              Entry('embeddings/position_embeddings/embedding',
@@ -124,6 +131,12 @@ def tensor_map(config: EncoderConfig) -> list[Entry]:
 
 def hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   """The HF tensor shape that corresponds to our parameter `shape`."""
+  if kind in FUSED_PART:  # the whole fused c_attn tensor, of which we are one third
+    return (shape[0], 3 * shape[1] * shape[2])
+  if kind in FUSED_BIAS_PART:
+    return (3 * int(np.prod(shape)),)
+  if kind == 'conv_out':
+    return (shape[0] * shape[1], shape[2])
   if kind == 'linear':
     return tuple(reversed(shape))
   if kind == 'qkv':
@@ -137,13 +150,24 @@ def hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def to_ours(kind: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """Converts one HF tensor (already checked against `hf_shape`) to our `shape`."""
+  part = FUSED_PART.get(kind, FUSED_BIAS_PART.get(kind))
+  if part is not None:  # c_attn's columns are [q | k | v], each heads * d wide
+    width = tensor.shape[-1] // 3
+    return tensor[..., part * width:(part + 1) * width].reshape(shape)
   if kind in ('linear', 'qkv', 'out'):
     tensor = tensor.T
   return tensor.reshape(shape)
 
 
 def to_hf(kind: str, array: np.ndarray) -> np.ndarray:
-  """Converts one of our arrays to the HF layout (inverse of `to_ours`)."""
+  """Converts one of our arrays to the HF layout (inverse of `to_ours`); a fused
+  part gives its third of the HF tensor (`hf_export` concatenates the three)."""
+  if kind in FUSED_PART:
+    return array.reshape(array.shape[0], -1)
+  if kind in FUSED_BIAS_PART:
+    return array.reshape(-1)
+  if kind == 'conv_out':
+    return array.reshape(-1, array.shape[-1])
   if kind == 'linear':
     return array.T
   if kind == 'qkv':
@@ -161,6 +185,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConfig:
   if mt not in MODEL_TYPES:
     raise ValueError(f'Unsupported model_type {mt!r} in config.json; supported: '
                      f'{list(MODEL_TYPES)}')
+  if mt == 'gpt2':
+    return _gpt2_config_from_hf(hf, **overrides)
   if mt == 'distilbert':
     act = hf.get('activation', 'gelu')
     values = dict(vocab_size=hf['vocab_size'], hidden_size=hf['dim'],
@@ -210,6 +236,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConfig:
 def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
   """Maps an `EncoderConfig` back to a Hugging Face config.json dict."""
   mt = config.model_type
+  if mt == 'gpt2':
+    return _gpt2_config_to_hf(config)
   if not isinstance(config.intermediate_size, int):
     raise ValueError('Hugging Face configs cannot express per-layer FFN widths '
                      f'{config.intermediate_size}; keep the checkpoint in our format')
@@ -248,3 +276,112 @@ def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
     hf.update(embedding_size=config.embed_size, num_hidden_groups=config.parameter_sets,
               inner_group_num=1)
   return hf
+
+
+# -- GPT-2 -------------------------------------------------------------------------
+# GPT-2 is our encoder with pre-LayerNorm blocks, a final LayerNorm, no embedding
+# LayerNorm, no token types, no pooler and a causal mask (`gpt2_config`). Its Conv1D
+# weights are stored [in, out] (our dense layout), and Q, K, V are one fused `c_attn`.
+FUSED_PART = {'fused_q': 0, 'fused_k': 1, 'fused_v': 2}
+FUSED_BIAS_PART = {'fused_q_bias': 0, 'fused_k_bias': 1, 'fused_v_bias': 2}
+
+
+def _gpt2_tensor_map(config: EncoderConfig) -> list[Entry]:
+  """GPT-2's names (GPT2Model's, without the LM model's 'transformer.' prefix)."""
+  if config.attention_map is not None or config.ffn_map is not None:
+    raise ValueError('Cross-layer sharing has no Hugging Face layout for gpt2')
+  if config.use_pooler or config.type_vocab_size or config.embedding_norm:
+    raise ValueError('a gpt2 checkpoint has no pooler, token types or embedding LayerNorm; '
+                     'build the config with hf_names.gpt2_config (or config_from_hf)')
+  if config.embed_size != config.hidden_size:
+    raise ValueError('A factorised embedding has no Hugging Face name for gpt2')
+  entries = [Entry('embeddings/word_embeddings/embedding', 'wte.weight', 'copy'),
+             Entry('embeddings/position_embeddings/embedding', 'wpe.weight', 'copy')]
+  for i in range(config.num_layers):
+    ours, hf = f'layer_{i}', f'h.{i}.'
+    entries += [Entry(f'{ours}/attention_norm/scale', hf + 'ln_1.weight', 'copy'),
+                Entry(f'{ours}/attention_norm/bias', hf + 'ln_1.bias', 'copy')]
+    for name in ('q', 'k', 'v'):
+      sub = {'q': 'query', 'k': 'key', 'v': 'value'}[name]
+      entries += [Entry(f'{ours}/attention/{sub}/kernel', hf + 'attn.c_attn.weight',
+                        f'fused_{name}'),
+                  Entry(f'{ours}/attention/{sub}/bias', hf + 'attn.c_attn.bias',
+                        f'fused_{name}_bias')]
+    entries += [Entry(f'{ours}/attention/out/kernel', hf + 'attn.c_proj.weight', 'conv_out'),
+                Entry(f'{ours}/attention/out/bias', hf + 'attn.c_proj.bias', 'copy'),
+                Entry(f'{ours}/output_norm/scale', hf + 'ln_2.weight', 'copy'),
+                Entry(f'{ours}/output_norm/bias', hf + 'ln_2.bias', 'copy')]
+    if config.ffn(i) == 0:
+      entries.append(Entry(f'{ours}/mlp/output_bias', hf + 'mlp.c_proj.bias', 'copy'))
+      continue
+    entries += [Entry(f'{ours}/mlp/intermediate/kernel', hf + 'mlp.c_fc.weight', 'copy'),
+                Entry(f'{ours}/mlp/intermediate/bias', hf + 'mlp.c_fc.bias', 'copy'),
+                Entry(f'{ours}/mlp/output/kernel', hf + 'mlp.c_proj.weight', 'copy'),
+                Entry(f'{ours}/mlp/output/bias', hf + 'mlp.c_proj.bias', 'copy')]
+  return entries + [Entry('final_norm/scale', 'ln_f.weight', 'copy'),
+                    Entry('final_norm/bias', 'ln_f.bias', 'copy')]
+
+
+def gpt2_config(**values: Any) -> EncoderConfig:
+  """An `EncoderConfig` of GPT-2's architecture; `values` are EncoderConfig fields."""
+  return EncoderConfig(**{**dict(
+      norm_position='pre', embedding_norm=False, causal=True, type_vocab_size=0,
+      use_pooler=False, hidden_act='gelu_tanh', layer_norm_eps=1e-5, model_type='gpt2'),
+      **values})
+
+
+def _gpt2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConfig:
+  # Variants whose computation our blocks do not reproduce are refused, not approximated.
+  if hf.get('scale_attn_by_inverse_layer_idx', False):
+    raise ValueError('GPT-2 with scale_attn_by_inverse_layer_idx=True is not supported')
+  if not hf.get('scale_attn_weights', True):
+    raise ValueError('GPT-2 with scale_attn_weights=False is not supported')
+  if hf.get('add_cross_attention', False):
+    raise ValueError('GPT-2 with cross-attention (add_cross_attention=True) is not supported')
+  if not hf.get('tie_word_embeddings', True):
+    raise ValueError('GPT-2 with an untied lm_head (tie_word_embeddings=False) is not '
+                     'supported: the LM logits use the word-embedding table')
+  act = hf.get('activation_function', 'gelu_new')
+  if act not in _HF_ACTIVATIONS:
+    raise ValueError(f'Unsupported activation {act!r}; supported: {sorted(_HF_ACTIVATIONS)}')
+  hidden, heads = hf['n_embd'], hf['n_head']
+  if hidden % heads:
+    raise ValueError(f'n_embd={hidden} is not divisible by n_head={heads}')
+  pad = hf.get('pad_token_id')
+  values = dict(vocab_size=hf['vocab_size'], hidden_size=hidden, num_layers=hf['n_layer'],
+                num_heads=heads, head_dim=hidden // heads,
+                intermediate_size=hf.get('n_inner') or 4 * hidden,
+                max_position_embeddings=hf.get('n_positions', hf.get('n_ctx', 1024)),
+                hidden_act=_HF_ACTIVATIONS[act],
+                layer_norm_eps=hf.get('layer_norm_epsilon', 1e-5),
+                # GPT-2's three dropouts map to our two; embd_pdrop equals resid_pdrop in
+                # every released checkpoint.
+                hidden_dropout=hf.get('resid_pdrop', 0.1),
+                attention_dropout=hf.get('attn_pdrop', 0.1),
+                # GPT-2 has no padding token; generation pads with eos (the usual choice).
+                pad_token_id=pad if pad is not None else hf.get('eos_token_id', 0) or 0)
+  if values['pad_token_id'] >= values['vocab_size']:  # tiny test configs keep eos=50256
+    values['pad_token_id'] = 0
+  values.update(overrides)
+  return gpt2_config(**values)
+
+
+def _gpt2_config_to_hf(config: EncoderConfig) -> dict[str, Any]:
+  full_heads = config.hidden_size // config.head_dim
+  if full_heads * config.head_dim != config.hidden_size:
+    raise ValueError(f'head_dim={config.head_dim} does not divide hidden_size')
+  if not isinstance(config.intermediate_size, int) or any(
+      config.heads(i) != full_heads for i in range(config.num_layers)):
+    raise ValueError('GPT-2 configs cannot express pruned heads or per-layer FFN widths; '
+                     'export with pad=True (the default)')
+  if (config.norm_position, config.embedding_norm, config.causal) != ('pre', False, True):
+    raise ValueError('a gpt2 model must be pre-LN, causal and without an embedding LayerNorm')
+  act = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}[config.hidden_act]
+  return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
+          'vocab_size': config.vocab_size, 'n_positions': config.max_position_embeddings,
+          'n_embd': config.hidden_size, 'n_layer': config.num_layers, 'n_head': full_heads,
+          'n_inner': config.intermediate_size, 'activation_function': act,
+          'layer_norm_epsilon': config.layer_norm_eps, 'resid_pdrop': config.hidden_dropout,
+          'embd_pdrop': config.hidden_dropout, 'attn_pdrop': config.attention_dropout,
+          'scale_attn_weights': True, 'tie_word_embeddings': True,
+          'bos_token_id': config.pad_token_id, 'eos_token_id': config.pad_token_id}

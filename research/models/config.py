@@ -17,7 +17,7 @@ from research.models import products
 
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'relu')
 NORM_POSITIONS = ('post', 'pre')
-MODEL_TYPES = ('bert', 'roberta', 'distilbert', 'albert')
+MODEL_TYPES = ('bert', 'roberta', 'distilbert', 'albert', 'gpt2')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 

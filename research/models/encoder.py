@@ -21,11 +21,13 @@ swap how a kernel is stored or multiplied by config rules alone.
 holds every layer's hidden states (index 0 = embedding output), the attention
 probabilities and each layer's queries, keys and values when asked, and the pooled
 output when there is a pooler. `Encoder.attend(x)` multiplies by the transposed word
-embeddings (tied output heads: masked LM, causal LM).
+embeddings (tied output heads: masked LM, causal LM). With `cache=Cache(...)` a causal
+model runs the same blocks on new tokens only, reading and writing earlier tokens' keys
+and values (incremental decoding, `generate.py`); without it nothing changes.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -139,10 +141,13 @@ class Embeddings(nn.Module):
       self.projection = projection(self, cfg, 'projection', 'bse,eh->bsh',
                                    (cfg.embed_size, cfg.hidden_size), ('embed_in', 'embed'))
 
-  def __call__(self, input_ids, token_type_ids, attention_mask, deterministic):
+  def __call__(self, input_ids, token_type_ids, attention_mask, deterministic,
+               position_ids=None):
     cfg = self.config
     x = self.word_embeddings(input_ids)
-    if cfg.position_offset:
+    if position_ids is not None:  # explicit rows of the position table (decoding)
+      positions = position_ids
+    elif cfg.position_offset:
       # RoBERTa: real tokens are numbered from pad_token_id + 1, padding gets pad_token_id.
       mask = attention_mask.astype(jnp.int32)
       positions = jnp.cumsum(mask, axis=1) * mask + cfg.pad_token_id
@@ -164,6 +169,18 @@ class Embeddings(nn.Module):
 
   def attend(self, x: Array) -> Array:
     return self.word_embeddings.attend(x)
+
+
+class Cache(NamedTuple):
+  """Keys and values of earlier tokens, for incremental decoding (`generate.py`).
+
+  Attributes:
+    keys, values: [num_layers (applications), batch, heads, max_len, head_dim].
+    index: int32 scalar, the slot where the next tokens' keys and values go.
+  """
+  keys: Array
+  values: Array
+  index: Array
 
 
 class Attention(nn.Module):
@@ -190,7 +207,8 @@ class Attention(nn.Module):
             and len({products.spec_at(cfg.products, s) for s in sites}) == 1)
 
   @nn.compact
-  def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False):
+  def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False,
+               cache: 'Cache | None' = None, layer: int = 0):
     cfg = self.config
     n, d = self.num_heads, cfg.head_dim
     dtype = cfg.compute_dtype
@@ -199,7 +217,8 @@ class Attention(nn.Module):
       for p in qkv:
         p.weights()  # the (empty) parameters keep their place in the tree
       _, out_bias = out_proj.weights()
-      return jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None, None
+      return (jnp.broadcast_to(out_bias.astype(jnp.float32), x.shape), None,
+              None if cache is None else (cache.keys, cache.values))
 
     if self._fusable(qkv):
       # One matmul for Q, K and V (the projection kind's `fused`), as a plain 2-D product:
@@ -213,6 +232,16 @@ class Attention(nn.Module):
       q, k, v = (t[0] for t in jnp.split(y.transpose(2, 0, 3, 1, 4), 3, axis=0))
     else:
       q, k, v = (p(x).transpose(0, 2, 1, 3) for p in qkv)
+    if cache is not None:
+      # Incremental decoding: write these tokens' keys and values into application
+      # `layer`'s slot of the cache at `cache.index`, then attend over the whole slot
+      # (`bias` masks the slots not yet written). The updated cache is returned in
+      # place of the queries, keys and values.
+      start = (layer, 0, 0, cache.index, 0)
+      keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), start)
+      values = jax.lax.dynamic_update_slice(cache.values, v[None].astype(cache.values.dtype),
+                                            start)
+      k, v = keys[layer].astype(dtype), values[layer].astype(dtype)
     site = projections.site_of(self, '')
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
     scores = products.product_at(cfg.products, site + 'scores')(
@@ -224,6 +253,8 @@ class Attention(nn.Module):
     # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
     # directly made XLA:CPU emit it transposed and copy it (2x slower, measured).
     ctx = products.product_at(cfg.products, site + 'context')('bhqk,bhkd->bhqd', probs, v)
+    if cache is not None:
+      return out_proj(ctx), probs_out, (keys, values)
     return out_proj(ctx), probs_out, ((q, k, v) if output_qkv else None)
 
 
@@ -278,9 +309,11 @@ class Layer(nn.Module):
     y, *extra = block(x)
     return norm(x + self.dropout(y, deterministic=deterministic)), extra
 
-  def attention_block(self, x, bias, deterministic, output_attentions, output_qkv=False):
+  def attention_block(self, x, bias, deterministic, output_attentions, output_qkv=False,
+                      cache=None, layer=0):
     x, (probs, qkv) = self._residual(
-        x, lambda h: self.attention(h, bias, deterministic, output_attentions, output_qkv),
+        x, lambda h: self.attention(h, bias, deterministic, output_attentions, output_qkv,
+                                    cache, layer),
         'attention_norm', deterministic)
     return x, probs, qkv
 
@@ -316,7 +349,8 @@ class Encoder(nn.Module):
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                token_type_ids: Array | None = None, *, deterministic: bool = True,
-               output_attentions: bool = False, output_qkv: bool = False):
+               output_attentions: bool = False, output_qkv: bool = False,
+               position_ids: Array | None = None, cache: Cache | None = None):
     """Encodes a batch of token ids.
 
     Args:
@@ -326,24 +360,33 @@ class Encoder(nn.Module):
       deterministic: disables dropout when True (evaluation).
       output_attentions: also return every layer's attention probabilities.
       output_qkv: also return every layer's queries, keys and values.
+      position_ids: int [batch, length] rows of the position table; None numbers
+        tokens from 0 (from `cache.index` with a cache; RoBERTa's offset rule without).
+      cache: a causal model's keys and values of earlier tokens (`Cache`); the new
+        tokens are written at `cache.index` and attend to every earlier slot, and
+        `attention_mask` is then [batch, max_len] over the cache's slots. None (the
+        default) leaves the model exactly as without this argument.
 
     Returns:
       `(last_hidden_state, intermediates)`: [batch, length, hidden] and a dict with
       'hidden_states' (num_layers + 1 arrays), 'attentions' (num_layers arrays of
       [batch, heads, length, length], when asked), 'queries' / 'keys' / 'values'
       (num_layers arrays of [batch, heads, length, head_dim], when asked) and
-      'pooled' (with a pooler).
+      'pooled' (with a pooler); with a cache also 'cache', the updated `Cache`.
     """
     cfg = self.config
     if input_ids.shape[1] > cfg.max_length:
       raise ValueError(
           f'Sequence length {input_ids.shape[1]} exceeds the position table '
           f'({cfg.max_length} positions); truncate inputs to max_length={cfg.max_length}')
+    if cache is not None:
+      return self._decode(input_ids, attention_mask, token_type_ids, position_ids, cache)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = self.embeddings(input_ids, token_type_ids, attention_mask, deterministic)
+    x = self.embeddings(input_ids, token_type_ids, attention_mask, deterministic,
+                        position_ids)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     # Additive mask, [batch, 1, q or 1, length]: padding (and future) keys get a large
     # negative score.
@@ -370,10 +413,47 @@ class Encoder(nn.Module):
       intermediates['attentions'] = tuple(attentions)
     if output_qkv:
       for index, key in enumerate(('queries', 'keys', 'values')):
-        intermediates[key] = tuple(t[index] for t in qkvs)
+        # A layer whose heads were all pruned has no queries, keys or values: None.
+        intermediates[key] = tuple(None if t is None else t[index] for t in qkvs)
     if cfg.use_pooler:
       intermediates['pooled'] = jnp.tanh(self.pooler(x[:, 0]))
     return x, intermediates
+
+  def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, cache):
+    """`__call__` with a key/value cache (no dropout): the same blocks, with each
+    attention reading and writing its application's slot of the cache."""
+    cfg = self.config
+    if not cfg.causal:
+      raise ValueError('a key/value cache needs a causal model (config.causal=True)')
+    batch, length = input_ids.shape
+    slots = cache.keys.shape[3]
+    index = jnp.asarray(cache.index, jnp.int32)
+    if attention_mask is None:
+      attention_mask = jnp.ones((batch, slots), jnp.int32)
+    if attention_mask.shape != (batch, slots):
+      raise ValueError(f'with a cache, attention_mask covers the {slots} cache slots: '
+                       f'expected shape {(batch, slots)}, got {attention_mask.shape}')
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if position_ids is None:
+      position_ids = (index + jnp.arange(length))[None, :]
+    x = self.embeddings(input_ids, token_type_ids, None, True, position_ids)
+    # Query j (slot index + j) sees real slots up to its own.
+    causal = jnp.arange(slots)[None, :] <= index + jnp.arange(length)[:, None]
+    keep = (attention_mask[:, None, None, :] > 0) & causal[None, None]
+    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    keys, values = cache.keys, cache.values
+    hidden_states = [x]
+    for i in range(cfg.num_layers):
+      x, _, (keys, values) = self.layer[cfg.attention_set(i)].attention_block(
+          x, bias, True, False, cache=Cache(keys, values, index), layer=i)
+      x = self.layer[cfg.ffn_set(i)].ffn_block(x, True)
+      hidden_states.append(x)
+    if cfg.norm_position == 'pre':
+      x = hook(self, 'final_norm/output', self.final_norm(hook(self, 'final_norm/input', x)))
+      hidden_states[-1] = x
+    return x, {'hidden_states': tuple(hidden_states),
+               'cache': Cache(keys, values, index + length)}
 
   def attend(self, x: Array) -> Array:
     """Logits over the vocabulary, x [..., embed_size] times the word embeddings."""

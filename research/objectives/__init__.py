@@ -10,13 +10,21 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from research.objectives.base import Objective
+from research.objectives.causal_lm import CausalLM
 from research.objectives.classification import Classification
+from research.objectives.masked_lm import MaskedLM
 from research.objectives.regression import Regression
+from research.objectives.sentence_order import NextSentence, PreTraining, SentenceOrder
 from research.objectives.span import Span
 from research.objectives.tagging import Tagging
 
 KINDS: dict[str, type[Objective]] = {
     cls.kind: cls for cls in (Classification, Regression, Tagging, Span)}
+KINDS[MaskedLM.kind] = MaskedLM
+KINDS[NextSentence.kind] = NextSentence
+KINDS[SentenceOrder.kind] = SentenceOrder
+KINDS[PreTraining.kind] = PreTraining
+KINDS[CausalLM.kind] = CausalLM
 
 
 def make(kind: str, **fields: Any) -> Objective:

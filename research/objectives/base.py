@@ -91,6 +91,10 @@ class Objective:
     """What evaluation gathers per feature (class ids, scores, tag ids, span logits)."""
     return outputs
 
+  def predict_batch(self, outputs, batch: dict) -> Any:
+    """What evaluation gathers, given the batch too (language models read their labels)."""
+    return self.predict(outputs)
+
   def averageable(self, outputs) -> jax.Array:
     """The per-example quantity averaged over runs (probabilities or scores)."""
     raise ValueError(f'{self.kind} outputs cannot be averaged over runs (ensembles, '

@@ -33,7 +33,7 @@ def predict_fn(model) -> Callable[[Any, dict], Any]:
   def predict(params, batch):
     outputs = model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
                           batch.get('token_type_ids'), deterministic=True)[0]
-    return model.objective.predict(outputs)
+    return model.objective.predict_batch(outputs, batch)
   return predict
 
 

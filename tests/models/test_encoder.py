@@ -75,6 +75,10 @@ def test_per_layer_sizes_and_fully_pruned_blocks(ids):
   assert 'intermediate' not in params['layer_1']['mlp']
   out, _ = apply(config, params, ids)
   assert out.shape == (2, 7, 16) and np.isfinite(np.asarray(out)).all()
+  # Intermediates for distillation: a layer without heads has no attention or q/k/v.
+  _, inter = apply(config, params, ids, output_attentions=True, output_qkv=True)
+  assert inter['attentions'][1] is None and inter['queries'][1] is None
+  assert inter['values'][2].shape == (2, 4, 7, 4)
 
 
 def test_shared_layers_and_factorised_embedding(ids):

@@ -1,0 +1,76 @@
+r"""(Continued) pre-training on unlabelled text: masked LM, optionally with NSP or SOP.
+
+    # masked LM on the 16 Gutenberg books, from the bundled MiniLM
+    python -m experiments.main --config experiments/configs/pretrain.py:corpus=gutenberg \
+        --workdir runs/mlm_gutenberg
+    # masked LM + sentence order on tinyshakespeare, whole-word masking
+    python -m experiments.main --workdir runs/sop_shakespeare --config \
+        experiments/configs/pretrain.py:corpus=tinyshakespeare,objective=mlm+sop,whole_word
+    # task-adaptive pre-training (TAPT) on SST-2's train sentences, then fine-tune from it
+    python -m experiments.main --config experiments/configs/pretrain.py:task=sst2 \
+        --workdir runs/tapt_sst2
+    python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
+        --workdir runs/sst2_from_tapt --config.init_from=runs/tapt_sst2
+    # tiny CPU smoke run
+    python -m experiments.main --workdir /tmp/mlm_local \
+        --config experiments/configs/pretrain.py:corpus=gutenberg,objective=mlm,runlocal
+
+Arguments: corpus=gutenberg | tinyshakespeare | <a .txt file or folder>,
+task=<registered task> (its train split's text instead of a corpus), objective=mlm |
+mlm+nsp | mlm+sop | clm (clm needs a causal checkpoint, e.g. GPT-2), model=<name>,
+whole_word, runlocal.
+
+The run folder holds the encoder and the pre-training head ('head', 'pair_head');
+`--config.init_from=<run>` starts a fine-tune from its encoder (the head does not fit a
+task and is initialised fresh, see `saved_runs.init_params`). The best checkpoint is the
+highest MLM accuracy on a fixed-mask dev sample of `corpus.dev_sequences` held-out
+sequences. Expected numbers: not measured yet (no full run on this machine so far).
+"""
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, corpus='gutenberg', task='', objective='mlm',
+                          model='minilm-l6', whole_word=False, runlocal=False)
+  config = common.trainer_defaults()
+  config.model = args.model
+  config.corpus = ml_collections.ConfigDict({
+      # A staged corpus name, a .txt file or folder, or 'task:<name>' (TAPT).
+      'source': args.corpus,
+      'documents': '',      # 'blank_lines' | 'file' | '' = the staged corpus's own
+      'data_dir': '',       # folder of the staged corpora; '' = ../shared/data/corpus
+      'objective': args.objective,
+      'mask_rate': 0.15,    # BERT: 15 % of tokens, 80 % [MASK] / 10 % random / 10 % kept
+      'whole_word': args.whole_word,
+      'dev_sequences': 256,  # held-out sequences (fixed masks) for evaluation
+      'max_documents': 0,   # 0 = all
+      'pair_pooling': 'pooler',  # what the NSP / SOP head reads ('cls' without a pooler)
+  })
+  if args.task:
+    # TAPT: the task's own train text; config.task names it (and its data folder).
+    config.task = args.task
+    config.corpus.source = f'task:{args.task}'
+    config.data_dir = common.default_data_dir('glue')
+  config.max_length = 128
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_epochs = 0
+  config.total_steps = 2000
+  config.eval_every = 500
+  config.log_every = 50
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.warmup_ratio = 0.06
+  if args.runlocal:
+    # Gutenberg documents are whole books: one is plenty for a smoke run.
+    config.corpus.max_documents = 1 if args.corpus == 'gutenberg' else 200
+    config.corpus.dev_sequences = 8
+    config.max_length = 64
+    config.pad_multiple = 64
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.total_steps = 6
+    config.eval_every = 3
+    config.log_every = 1
+  return config
