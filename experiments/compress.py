@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+import tempfile
+from typing import Any, Callable
 
 from absl import app, flags
 import jax
@@ -25,6 +26,7 @@ import numpy as np
 
 from experiments.prune import prune_run
 from experiments.transform import transform_run
+from research.checkpoints import hf_export
 from research.evaluate import speed
 from research.train import evaluation, saved_runs
 from research.train.build import load_split
@@ -142,6 +144,31 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
   return chains
 
 
+def torch_runner(encoder_config, encoder_params, threads: int | None = None,
+                 dtype: str = 'float32') -> Callable[[dict], Any]:
+  """transformers + PyTorch running the same encoder (exported), for reference speeds.
+
+  Only the encoder: a task head is one small matmul. `dtype='bfloat16'` runs under CPU
+  autocast, as a PyTorch user would. Needs torch and transformers (test extras).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
+  with tempfile.TemporaryDirectory() as folder:
+    config, params = hf_export.pad_pruned(encoder_config, encoder_params)
+    hf_export.export_pretrained(config, params, folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+
+  def run(batch):
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                                enabled=dtype == 'bfloat16'):
+      ids = torch.from_numpy(batch['input_ids'].astype(np.int64))
+      mask = torch.from_numpy(batch['attention_mask'].astype(np.int64))
+      return model(input_ids=ids, attention_mask=mask).last_hidden_state
+  return run
+
+
 def count_params(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
@@ -180,7 +207,7 @@ def measure(pipeline, teacher_ref: str, chains: dict) -> list[dict[str, Any]]:
     own = {name: dynamic for name in runners}
     own['teacher, static length'] = static
     if pipeline.speed.torch:
-      runners['transformers teacher, static length'] = speed.torch_runner(
+      runners['transformers teacher, static length'] = torch_runner(
           teacher.model.encoder, teacher.params['encoder'])
       own['transformers teacher, static length'] = static
       runners['transformers teacher'] = runners['transformers teacher, static length']

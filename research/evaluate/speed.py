@@ -14,7 +14,6 @@ compression pipeline's report use this; tests never time anything.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -58,33 +57,6 @@ def runner(model, params) -> Callable[[dict], Any]:
   def run(batch):
     return jax.block_until_ready(forward(params, batch['input_ids'],
                                          batch['attention_mask'], batch['token_type_ids']))
-  return run
-
-
-def torch_runner(encoder_config, encoder_params, threads: int | None = None,
-                 dtype: str = 'float32') -> Callable[[dict], Any]:
-  """transformers + PyTorch running the same encoder (exported), for reference speeds.
-
-  Only the encoder: a task head is one small matmul. `dtype='bfloat16'` runs under CPU
-  autocast, as a PyTorch user would. Needs torch and transformers (test extras).
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-
-  from research.checkpoints import hf_export  # pylint: disable=g-import-not-at-top
-  if threads:
-    torch.set_num_threads(threads)
-  with tempfile.TemporaryDirectory() as folder:
-    config, params = hf_export.pad_pruned(encoder_config, encoder_params)
-    hf_export.export_pretrained(config, params, folder)
-    model = transformers.AutoModel.from_pretrained(folder).eval()
-
-  def run(batch):
-    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16,
-                                                enabled=dtype == 'bfloat16'):
-      ids = torch.from_numpy(batch['input_ids'].astype(np.int64))
-      mask = torch.from_numpy(batch['attention_mask'].astype(np.int64))
-      return model(input_ids=ids, attention_mask=mask).last_hidden_state
   return run
 
 
