@@ -64,7 +64,7 @@ def get_config(arg=None):
   config.optimizer.warmup_ratio = 0.06
   if args.runlocal:
     # Gutenberg documents are whole books: one is plenty for a smoke run.
-    config.corpus.max_documents = 1 if args.corpus == 'gutenberg' else 200
+    config.corpus.max_documents = 1 if args.corpus == 'gutenberg' and not args.task else 200
     config.corpus.dev_sequences = 8
     config.max_length = 64
     config.pad_multiple = 64

@@ -5,6 +5,8 @@ NOTEBOOK_TINY=1 and the repo root as its working directory, as CI does.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -123,3 +125,94 @@ def test_quantization_table_has_every_model_and_int8_is_smaller_on_disk(quantiza
     if name != 'float32':
       # int8 projection kernels: a quarter of their float32 bytes (embeddings stay float).
       assert row['mb'] < 0.8 * rows['float32']['mb'], (name, row, rows['float32'])
+
+
+def output_errors(nb) -> list:
+  return [out for cell in nb.cells for out in cell.get('outputs', [])
+          if out.get('output_type') == 'error']
+
+
+def png_outputs(nb) -> list:
+  return [out for cell in nb.cells for out in cell.get('outputs', [])
+          if 'image/png' in out.get('data', {})]
+
+
+@pytest.fixture(scope='module')
+def distill_prune_nb():
+  return execute('03_distill_prune.ipynb')
+
+
+def test_distill_prune_reports_every_stage_its_speedups_and_both_plots(distill_prune_nb):
+  nb = distill_prune_nb
+  assert not output_errors(nb), output_errors(nb)
+  text = stream_text(nb)
+  assert 'tiny=True' in text
+  stages = {'teacher', 'L1 distilled', 'L1 pruned', 'L1 recovered', 'L1 int8'}
+  models = re.search(r"^\[('teacher'.*)\]$", text, re.MULTILINE)
+  assert models, text
+  assert set(re.findall(r"'([^']+)'", models.group(1))) == stages | {'teacher, static length'}
+
+  # Sixteen Heads (step 0.25 of MiniLM-L6's 6 x 12 heads): 0, 18, 36, 54, 71 masked.
+  curve = [(int(m.group(1)), int(m.group(2)), float(m.group(3))) for m in
+           re.finditer(r'^ *(\d+) +(\d+) +([\d.]+)$', text, re.MULTILINE)]
+  assert [c[0] for c in curve] == [0, 18, 36, 54, 71], text
+  assert all(c[1] == 72 and 0 <= c[2] <= 100 for c in curve), curve
+
+  # Each stage's own speed-up over the one before it, at batch 1 and 32.
+  speedups = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in re.finditer(
+      r'^L1\s+(dynamic length|distillation|pruning|int8)\s+([\d.]+)x at b1\s+([\d.]+)x at b32$',
+      text, re.MULTILINE)}
+  assert set(speedups) == {'dynamic length', 'distillation', 'pruning', 'int8'}, text
+  assert all(a > 0 and b > 0 for a, b in speedups.values()), speedups
+
+  if importlib.util.find_spec('pandas') is None:  # the markdown table compress printed
+    rows = {m.group(1): dict(acc=float(m.group(2)), params=float(m.group(3)),
+                             mb=float(m.group(4)), b1=float(m.group(5)), b32=float(m.group(7)))
+            for m in re.finditer(r'^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+)M \| ([\d.]+) \| '
+                                 r'([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$',
+                                 text, re.MULTILINE)}
+    assert set(rows) == stages, text
+    for name, row in rows.items():
+      assert 0 <= row['acc'] <= 100 and row['b1'] > 0 and row['b32'] > 0, (name, row)
+    # One of six layers kept (~13.8M of 22.7M: the embeddings stay), then heads/FFN removed.
+    assert rows['L1 pruned']['params'] < rows['L1 distilled']['params'] < rows['teacher']['params']
+    # int8 kernels take a quarter of their float bytes; the float embeddings dominate.
+    assert rows['L1 int8']['mb'] < rows['L1 recovered']['mb'] < rows['teacher']['mb']
+  else:
+    assert 'L1 int8' in text
+  assert len(png_outputs(nb)) == 2  # the Sixteen Heads curve and the Pareto plot
+
+
+@pytest.fixture(scope='module')
+def pretraining_nb():
+  return execute('04_pretraining.ipynb')
+
+
+def test_pretraining_fine_tunes_from_tapt_and_samples_the_decoder(pretraining_nb):
+  nb = pretraining_nb
+  assert not output_errors(nb), output_errors(nb)
+  text = stream_text(nb)
+  assert 'tiny=True' in text
+  tapt = re.search(r'TAPT step (\d+): held-out MLM accuracy ([\d.]+) %, perplexity ([\d.]+)',
+                   text)
+  assert tapt and int(tapt.group(1)) == 6, text  # pretrain.py:runlocal's 6 steps
+  assert 0 <= float(tapt.group(2)) <= 100 and float(tapt.group(3)) > 1
+  accuracies = dict(re.findall(r'^SST-2 dev accuracy (with TAPT|without TAPT): ([\d.]+)$',
+                               text, re.MULTILINE))
+  assert set(accuracies) == {'with TAPT', 'without TAPT'}, text
+  assert all(0 <= float(a) <= 100 for a in accuracies.values())
+
+  assert re.search(r'^2 layers, hidden 32, ', text, re.MULTILINE), text
+  decoder = re.search(r'decoder step (\d+): held-out next-token accuracy ([\d.]+) %, '
+                      r'perplexity ([\d.]+)', text)
+  assert decoder and int(decoder.group(1)) == 6, text
+  # A near-random model over MiniLM's 30,522 tokens: perplexity far above 1, finite.
+  assert 0 <= float(decoder.group(2)) <= 100 and 1 < float(decoder.group(3)) < 1e6
+
+  samples = {(m.group(1), ast.literal_eval(m.group(2))): ast.literal_eval(m.group(3))
+             for m in re.finditer(r'^\[(greedy|top-p 0\.9)\] (.+?) -> (.+)$', text,
+                                  re.MULTILINE)}
+  prompts = ['ROMEO:', 'First Citizen:', 'To be, or not to be']
+  assert set(samples) == {(mode, p) for mode in ('greedy', 'top-p 0.9') for p in prompts}, text
+  for key, sample in samples.items():
+    assert isinstance(sample, str) and sample.strip(), (key, sample)
