@@ -17,17 +17,17 @@ ReLU + 'classifier'. Token and span heads are one linear layer on every token
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
 from research import objectives
 from research.checkpoints import hf_export, hf_load, hf_names, hub
+# Pre-training heads (MLM, NSP, SOP) live in hf_pretraining_heads; re-exported here.
+from research.checkpoints.hf_pretraining_heads import (  # pylint: disable=unused-import
+    export_pretraining_model, load_pretraining_model)
 from research.models.heads import TaskModel
 
 # Per family: how a sequence classifier reads the encoder and which tensors it has.
@@ -222,108 +222,4 @@ def export_task_model(model: TaskModel, params: dict, folder: str | os.PathLike,
     hf_config['id2label'] = {str(i): f'LABEL_{i}' for i in range(extra['num_labels'])}
     hf_config['label2id'] = {f'LABEL_{i}': i for i in range(extra['num_labels'])}
   hf_config.pop('num_labels', None)
-  return hf_export.write_folder(folder, tensors, hf_config, tokenizer_from)
-
-
-# -- BERT's pre-training heads (BertForPreTraining, BertForMaskedLM) ---------------------
-# cls.predictions.transform.{dense, LayerNorm} + cls.predictions.bias <-> 'head'
-# ({'dense', 'layer_norm', 'bias'}, research/objectives/masked_lm.py); the decoder is
-# tied to the word embeddings on both sides. cls.seq_relationship <-> 'pair_head/out'.
-_MLM_DENSE, _MLM_NORM = 'cls.predictions.transform.dense', 'cls.predictions.transform.LayerNorm'
-_MLM_BIAS, _MLM_DECODER = 'cls.predictions.bias', 'cls.predictions.decoder'
-_NSP = 'cls.seq_relationship'
-
-
-def load_pretraining_model(name: str | os.PathLike, *, pair: str | None = None,
-                           dtype: str = 'float32', rng=None) -> tuple[TaskModel, dict]:
-  """Loads a BERT checkpoint with its masked-LM (and NSP) heads as a MaskedLM / PreTraining.
-
-  Args:
-    name: a checkpoint folder or Hub id (BertForPreTraining, BertForMaskedLM, or a bare
-      BertModel such as the bundled MiniLM).
-    pair: 'nsp' for MLM + NSP, '' for MLM alone; None = 'nsp' when the checkpoint has
-      `cls.seq_relationship`, else ''.
-    dtype: compute dtype of the rebuilt model.
-    rng: PRNG key of heads the checkpoint lacks (default PRNGKey(0)).
-
-  Returns:
-    (TaskModel, params {'encoder', 'head'[, 'pair_head']}). A head the checkpoint lacks
-    is initialised fresh (its logits still use the tied word embeddings) and logged.
-  """
-  folder = hub.resolve(name)
-  config, hf = hf_load.read_config(folder, dtype=dtype)
-  if config.model_type != 'bert':
-    raise ValueError(f'{folder} is a {config.model_type} model; pre-training heads load '
-                     'from BERT layouts (cls.predictions, cls.seq_relationship) only')
-  tensors = hf_load._normalise_names(hf_load.read_tensors(folder), 'bert')  # pylint: disable=protected-access
-  has_nsp = f'{_NSP}.weight' in tensors
-  pair = ('nsp' if has_nsp else '') if pair is None else pair
-  config = config.replace(use_pooler=any(n.startswith('pooler.') for n in tensors))
-  objective = objectives.make('pretraining', pair=pair) if pair else objectives.make('masked_lm')
-  model = TaskModel(config, objective)
-  dummy = np.zeros((1, 2), np.int32)
-  # Only the heads are kept: dropping the encoder from the jitted init's outputs lets XLA
-  # skip its random init.
-  fresh = jax.tree.map(np.asarray, jax.jit(lambda r: {
-      k: v for k, v in nn.meta.unbox(model.init(r, dummy, np.ones_like(dummy))['params']).items()
-      if k != 'encoder'})(rng if rng is not None else jax.random.PRNGKey(0)))
-  params = {'encoder': hf_load.convert(
-      config, {k: v for k, v in tensors.items() if not k.startswith('cls.')})}
-  if _MLM_BIAS in tensors:
-    embeddings = params['encoder']['embeddings']['word_embeddings']['embedding']
-    decoder = tensors.get(f'{_MLM_DECODER}.weight')
-    if decoder is not None and not np.allclose(decoder, embeddings):
-      raise hf_load.CheckpointError(f'{folder}: {_MLM_DECODER}.weight is not tied to the word '
-                                    'embeddings; untied masked-LM decoders are not supported')
-    dense = _linear(tensors, _MLM_DENSE, folder)
-    norm = _linear(tensors, _MLM_NORM, folder)
-    params['head'] = {'dense': dense, 'layer_norm': {'scale': norm['kernel'].T,
-                                                     'bias': norm['bias']},
-                      'bias': np.asarray(tensors[_MLM_BIAS], np.float32)}
-  else:
-    logging.info('%s has no masked-LM head (%s.*): initialised fresh, tied to its word '
-                 'embeddings', folder, 'cls.predictions')
-    params['head'] = fresh['head']
-  if pair:
-    if has_nsp:
-      params['pair_head'] = {'out': _linear(tensors, _NSP, folder)}
-    else:
-      logging.info('%s has no next-sentence head (%s): initialised fresh', folder, _NSP)
-      params['pair_head'] = fresh['pair_head']
-  params = jax.tree.map(lambda x: np.asarray(x).astype(config.params_dtype), params)
-  return model, params
-
-
-def export_pretraining_model(model: TaskModel, params: dict, folder: str | os.PathLike,
-                             tokenizer_from: str | os.PathLike | None = None) -> Path:
-  """Writes a BERT MaskedLM / PreTraining(pair='nsp') model as BertForMaskedLM /
-  BertForPreTraining (decoder tied to the word embeddings)."""
-  config, objective = model.encoder, model.objective
-  if config.model_type != 'bert' or objective.kind not in ('masked_lm', 'pretraining'):
-    raise ValueError(f'pre-training heads export from BERT masked-LM models only, got '
-                     f'{config.model_type} with a {objective.kind} objective')
-  pair = getattr(objective, 'pair', '')
-  if pair not in ('', 'nsp') or (pair and objective.pooling != 'pooler'):
-    raise ValueError("BERT's seq_relationship is NSP on the pooler; this head has "
-                     f'pair={pair!r}, pooling={objective.pooling!r}')
-  if model.layer_mix != 'top' or objective.transform_activation not in ('', config.hidden_act):
-    raise ValueError('BERT pre-training heads read the top layer through a transform with '
-                     "the encoder's activation")
-  prefix = hf_names.BASE_PREFIX['bert']
-  tensors = {prefix + k: v for k, v in hf_export.to_hf_tensors(config, params['encoder']).items()}
-  head = params['head']
-  f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
-  tensors[f'{_MLM_DENSE}.weight'] = f32(np.asarray(head['dense']['kernel']).T)
-  tensors[f'{_MLM_DENSE}.bias'] = f32(head['dense']['bias'])
-  tensors[f'{_MLM_NORM}.weight'] = f32(head['layer_norm']['scale'])
-  tensors[f'{_MLM_NORM}.bias'] = f32(head['layer_norm']['bias'])
-  tensors[_MLM_BIAS] = f32(head['bias'])
-  tensors[f'{_MLM_DECODER}.weight'] = f32(tensors[prefix + 'embeddings.word_embeddings.weight'])
-  tensors[f'{_MLM_DECODER}.bias'] = f32(head['bias'])
-  if pair:
-    out = params['pair_head']['out']
-    tensors[f'{_NSP}.weight'] = f32(np.asarray(out['kernel']).T)
-    tensors[f'{_NSP}.bias'] = f32(out['bias'])
-  hf_config = {**hf_names.config_to_hf(config),
-               'architectures': ['BertForPreTraining' if pair else 'BertForMaskedLM']}
   return hf_export.write_folder(folder, tensors, hf_config, tokenizer_from)
