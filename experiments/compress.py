@@ -33,10 +33,6 @@ from research.train.build import load_split
 from research.train.defaults import trainer_defaults
 from research.train.trainer import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Pipeline config file.')
-_TEACHER = flags.DEFINE_string('teacher', None, "The fine-tuned run, 'folder[:best]'.")
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the stages and the report.')
-
 STUDENT_KEYS = ('layers', 'heads', 'ffn', 'hidden')
 
 
@@ -173,13 +169,14 @@ def count_params(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def measure(pipeline, teacher_ref: str, chains: dict) -> list[dict[str, Any]]:
-  """One row per model: dev metric, parameters, bytes, sequences/s per batch size."""
+def measure(pipeline, teacher_ref: str, named: dict[str, str]) -> list[dict[str, Any]]:
+  """One row per model (the teacher and `named`: name -> run folder, best checkpoint):
+  dev metric, parameters, bytes on disk, sequences/s per batch size (`pipeline.speed`),
+  all on the teacher's dev split and tokenizer."""
   folder, which = saved_runs.parse_ref(teacher_ref)
   runs = {'teacher': saved_runs.load_run(folder, which)}
-  for name, stage in chains.items():
-    for key, path in stage.items():
-      runs[f'{name} {key}'] = saved_runs.load_run(path, 'best')
+  for name, path in named.items():
+    runs[name] = saved_runs.load_run(*saved_runs.parse_ref(path))
   teacher = runs['teacher']
   config = teacher.config.copy_and_resolve_references()
   tokenizer = saved_runs.run_tokenizer(folder, config)
@@ -229,24 +226,29 @@ def measure(pipeline, teacher_ref: str, chains: dict) -> list[dict[str, Any]]:
   return rows
 
 
-def pareto_plot(rows: list[dict], metric: str, batch: int, path: str) -> str:
+def pareto_plot(rows: list[dict], metric: str, batch: int, path: str,
+                title: str = 'each stage of the pipeline') -> str:
+  """Dev metric against sequences/s (log) and against MB on disk, one point per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for row in rows:
-    if metric not in row:
-      continue
-    ax.scatter(row[f'seq_s_b{batch}'], row[metric])
-    ax.annotate(row['model'], (row[f'seq_s_b{batch}'], row[metric]), fontsize=7,
-                xytext=(3, 3), textcoords='offset points')
-  ax.set_xscale('log')
-  ax.set_xlabel(f'sequences/s at batch {batch} (log scale)')
-  ax.set_ylabel(f'dev {metric}')
-  ax.set_title('Accuracy against CPU speed, each stage of the pipeline')
-  ax.grid(alpha=0.3)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for ax, key, label in ((axes[0], f'seq_s_b{batch}', f'sequences/s at batch {batch} (log)'),
+                         (axes[1], 'bytes_on_disk', 'MB on disk (log)')):
+    for row in rows:
+      if metric not in row:
+        continue
+      x = row[key] / (1e6 if key == 'bytes_on_disk' else 1)
+      ax.scatter(x, row[metric])
+      ax.annotate(row['model'], (x, row[metric]), fontsize=7, xytext=(3, 3),
+                  textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(f'dev {metric}')
+  fig.suptitle(f'Accuracy against CPU speed and size, {title}')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
@@ -285,7 +287,8 @@ def stage_speedups(rows: list[dict], chains: dict, batches: list[int]) -> dict[s
 def compress(pipeline, teacher_ref: str, workdir: str) -> dict[str, Any]:
   workdir = os.path.abspath(workdir)
   chains = run_stages(pipeline, teacher_ref, workdir)
-  rows = measure(pipeline, teacher_ref, chains)
+  rows = measure(pipeline, teacher_ref, {f'{name} {key}': path for name, stage in chains.items()
+                                          for key, path in stage.items()})
   folder, _ = saved_runs.parse_ref(teacher_ref)
   metric = saved_runs.load_run(folder).spec.main_metric
   batches = [int(b) for b in pipeline.speed.batch_sizes.split(',')]
@@ -306,12 +309,16 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)
-  report = compress(_CONFIG.value, _TEACHER.value, _WORKDIR.value)
+  f = flags.FLAGS
+  report = compress(f.config, f.teacher, f.workdir)
   print(json.dumps({'benchmark': 'fastformers_pipeline', 'teacher': report['teacher'],
                     'metric': report['metric'], 'stages': report['stages'],
                     'rows': report['rows']}))
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Pipeline config file.')
+  flags.DEFINE_string('teacher', None, "The fine-tuned run, 'folder[:best]'.")
+  flags.DEFINE_string('workdir', None, 'Folder for the stages and the report.')
   flags.mark_flags_as_required(['config', 'teacher', 'workdir'])
   app.run(main)

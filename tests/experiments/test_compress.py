@@ -54,3 +54,22 @@ def test_bad_pipeline_input_is_named(make_tiny_run, tmp_path):
   with pytest.raises(ValueError, match='already compressed'):
     compress.run_stages(fastformers.get_config('runlocal'), f'{int8}:best',
                         str(tmp_path / 'out'))
+
+
+def test_compare_runs_scores_and_times_each_run(make_tiny_run, tmp_path):
+  from experiments import compare_runs  # pylint: disable=g-import-not-at-top
+  teacher = make_tiny_run(2)
+  int8 = str(tmp_path / 'int8')
+  compress.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
+  report = compare_runs.compare(
+      f'{teacher}:best', compare_runs.parse_runs(f'int8={int8}'), str(tmp_path / 'cmp'),
+      {'sentences': 8, 'batch_sizes': '4', 'rounds': 1, 'torch': False}, eval_examples=16)
+  rows = {r['model']: r for r in report['rows']}
+  assert set(rows) == {'teacher', 'int8', 'teacher, static length'}
+  assert rows['int8']['bytes_on_disk'] < rows['teacher']['bytes_on_disk']
+  assert rows['int8']['seq_s_b4'] > 0 and 0 <= rows['int8']['accuracy'] <= 100
+  assert (tmp_path / 'cmp' / 'compare.png').read_bytes()[:4] == b'\x89PNG'
+  with pytest.raises(ValueError, match='used twice'):
+    compare_runs.parse_runs('a=x,a=y')
+  with pytest.raises(ValueError, match='name=folder'):
+    compare_runs.parse_runs('runs/x')
