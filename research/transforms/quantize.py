@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import re
 from typing import Any, Mapping, Sequence
@@ -458,5 +459,13 @@ def ptq(config, params: Mapping[str, Any], stats: Mapping[str, Mapping[str, floa
     flat[f'{site}/input_scale'] = np.asarray(clip / 127.0, np.float32)
     rules.append((f'(.*/)?{re.escape(site)}', f'int{bits}'))
   encoder = flax.traverse_util.unflatten_dict(flat, sep='/')
-  new_config = config.replace(projections=tuple(rules) + tuple(config.projections))
+  # A QAT model's fake-quantizing projection products are what the integer kernels now
+  # do for real; left in place they would also wrap the int8 products (and the head's
+  # float ones) in simulation. Activation-product rules (attention) and hooks stay.
+  kept = tuple(r for r in config.products if not r[1].startswith('fake_quant:'))
+  if len(kept) < len(config.products):
+    logging.info('ptq: dropped the fake-quant projection products %s (QAT)',
+                 [r for r in config.products if r not in kept])
+  new_config = config.replace(projections=tuple(rules) + tuple(config.projections),
+                              products=kept)
   return new_config, ({**params, 'encoder': encoder} if task else encoder)

@@ -82,6 +82,22 @@ def test_calibration_statistics_of_every_projection_input():
   assert stats['layer_0/attention/query'] == stats['layer_0/attention/value']
 
 
+def test_ptq_of_a_qat_model_drops_its_fake_quant_projection_products():
+  # The QAT run's model carries fake-quant product rules; after PTQ the int8 kernels do
+  # that quantization for real, and the rules must not wrap the integer products.
+  qat = CONFIG.replace(products=quantize.qat_rules('w8,a8', attention=True))
+  params = init_params(qat, jax.random.PRNGKey(0))
+  stats = quantize.calibrate(Encoder(qat), params, _batches())
+  config, qparams = quantize.ptq(qat, params, stats, 'max')
+  assert not [r for r in config.products if r[1].startswith('fake_quant:')]
+  assert [r for r in config.products if r[1].startswith('fake_quant_act:')]  # attention
+  plain, _ = quantize.ptq(CONFIG.replace(products=tuple(
+      r for r in qat.products if not r[1].startswith('fake_quant:'))), params, stats, 'max')
+  ids = next(_batches(1, seed=5))['input_ids']
+  np.testing.assert_array_equal(Encoder(config).apply({'params': qparams}, ids)[0],
+                                Encoder(plain).apply({'params': qparams}, ids)[0])
+
+
 @pytest.mark.parametrize('method', ['max', 'percentile', 'mse'])
 def test_int8_path_matches_its_fake_quantized_reference(method):
   params = init_params(CONFIG, jax.random.PRNGKey(0))
