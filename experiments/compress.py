@@ -196,19 +196,18 @@ def measure(pipeline, teacher_ref: str, named: dict[str, str]) -> list[dict[str,
                  'heads': sum(run.model.encoder.heads(i)
                               for i in range(run.model.encoder.num_layers))})
   timed = examples[:pipeline.speed.sentences] if pipeline.speed.sentences else examples
+  # Built once for every batch size: each puts its params on the device, and the
+  # PyTorch one exports and reloads the teacher.
+  runners = {name: speed.runner(run.model, run.params) for name, run in runs.items()}
+  runners['teacher, static length'] = runners['teacher']
+  if pipeline.speed.torch:
+    runners['transformers teacher, static length'] = torch_runner(
+        teacher.model.encoder, teacher.params['encoder'])
+    runners['transformers teacher'] = runners['transformers teacher, static length']
   for batch in (int(b) for b in pipeline.speed.batch_sizes.split(',')):
     dynamic = speed.length_batches(tokenizer, timed, batch, config.max_length)
     static = speed.length_batches(tokenizer, timed, batch, config.max_length, dynamic=False)
-    runners = {name: speed.runner(run.model, run.params) for name, run in runs.items()}
-    runners['teacher, static length'] = runners['teacher']
-    own = {name: dynamic for name in runners}
-    own['teacher, static length'] = static
-    if pipeline.speed.torch:
-      runners['transformers teacher, static length'] = torch_runner(
-          teacher.model.encoder, teacher.params['encoder'])
-      own['transformers teacher, static length'] = static
-      runners['transformers teacher'] = runners['transformers teacher, static length']
-      own['transformers teacher'] = dynamic
+    own = {name: static if 'static length' in name else dynamic for name in runners}
     rates = speed.sequences_per_second(runners, own, pipeline.speed.rounds)
     for row in rows:
       row[f'seq_s_b{batch}'] = rates[row['model']]
