@@ -44,6 +44,9 @@ def get_config(arg=None):
       'objective': args.objective,
       'mask_rate': 0.15,    # BERT: 15 % of tokens, 80 % [MASK] / 10 % random / 10 % kept
       'whole_word': args.whole_word,
+      # Training logits only at the predicted tokens (at most ceil(share * T) + 4 per
+      # row; >= mask_rate): skips the vocabulary product for the other tokens.
+      'predict_share': 0.15,
       'dev_sequences': 256,  # held-out sequences (fixed masks) for evaluation
       'max_documents': 0,   # 0 = all
       'pair_pooling': 'pooler',  # what the NSP / SOP head reads ('cls' without a pooler)

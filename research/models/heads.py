@@ -87,7 +87,7 @@ class TaskModel(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, output_attentions: bool = False,
-               output_qkv: bool = False):
+               output_qkv: bool = False, head_inputs: dict | None = None):
     self.objective.check(self.encoder, self.layer_mix)
     encoder = Encoder(self.encoder, name='encoder')
     _, inter = encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic,
@@ -95,7 +95,8 @@ class TaskModel(nn.Module):
     mix = make_layer_mix(self.layer_mix, self.encoder.num_layers, name='layer_mix')
     features = mix(inter['hidden_states'], attention_mask)
     outputs, features = self.objective.head(self.encoder, encoder, features, inter,
-                                            attention_mask, deterministic)
+                                            attention_mask, deterministic,
+                                            **(head_inputs or {}))
     inter['features'] = features
     return outputs, inter
 

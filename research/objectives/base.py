@@ -73,6 +73,14 @@ class Objective:
     """(outputs, the features the head read), built inside TaskModel's scope."""
     raise NotImplementedError
 
+  def head_inputs(self, batch: dict, train: bool) -> dict:
+    """Extra keyword arguments of `head` drawn from the batch (default: none).
+
+    The masked LM uses it to compute vocabulary logits only where a token is predicted.
+    """
+    del batch, train
+    return {}
+
   def with_train_statistics(self, features: Sequence[dict]) -> 'Objective':
     """The objective with constants its loss takes from the train features (default: none)."""
     return self

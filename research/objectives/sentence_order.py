@@ -23,8 +23,8 @@ import optax
 
 from research.models.heads import POOLINGS, Head, pool
 from research.objectives.base import SentenceLevel, weighted_mean, weights_of
-from research.objectives.masked_lm import (MaskedLM, label_predictions, lm_logits,
-                                           lm_scores, token_cross_entropy)
+from research.objectives.masked_lm import (MaskedLM, gather_positions, label_predictions,
+                                           lm_logits, lm_scores, token_cross_entropy)
 
 PAIR_TASKS = ('nsp', 'sop')
 PAIR_LABELS = 'pair_labels'
@@ -101,9 +101,9 @@ class PreTraining(MaskedLM):
       _check_pooling(self.pooling, encoder_config, layer_mix)
 
   def head(self, encoder_config, encoder, features, intermediates, attention_mask,
-           deterministic):
-    outputs = {'mlm': lm_logits(encoder_config, encoder, features, 'head',
-                                self.transform_activation)}
+           deterministic, positions=None):
+    at = features if positions is None else gather_positions(features, positions)
+    outputs = {'mlm': lm_logits(encoder_config, encoder, at, 'head', self.transform_activation)}
     if self.pair:
       pooled = pool(features, intermediates, attention_mask, self.pooling)
       outputs['pair'] = Head(2, encoder_config, 0, 'tanh', self.head_dropout,
@@ -111,7 +111,8 @@ class PreTraining(MaskedLM):
     return outputs, features
 
   def loss(self, outputs, batch):
-    loss, count = token_cross_entropy(outputs['mlm'], batch['labels'], weights_of(batch))
+    loss, count = token_cross_entropy(
+        outputs['mlm'], self.labels_at(outputs['mlm'], batch['labels']), weights_of(batch))
     if self.pair:
       loss = loss + pair_loss(outputs['pair'], batch)[0]
     return loss, count

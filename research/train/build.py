@@ -65,6 +65,12 @@ def pretraining_objective(config) -> objectives.Objective:
                      'is not registered in research/objectives')
   if 'pair' in fields:
     fields = {**fields, 'pooling': config.corpus.get('pair_pooling', 'pooler')}
+  if kind != 'causal_lm':
+    share = config.corpus.get('predict_share', 0.0)
+    if share and share < config.corpus.mask_rate:
+      raise ValueError(f'config.corpus.predict_share={share} is below mask_rate='
+                       f'{config.corpus.mask_rate}: some masked tokens would not be scored')
+    fields = {**fields, 'predict_share': share}
   return objectives.make(kind, **fields)
 
 

@@ -76,10 +76,13 @@ def forward(model, params: Params, batch: dict, *, train: bool = False, rng=None
     train: dropout on (needs `rng`).
     needs: intermediates to return beyond hidden states: 'attentions', 'qkv'.
   """
+  objective = getattr(model, 'objective', None)
+  extra = objective.head_inputs(batch, train) if objective is not None else {}
   return model.apply({'params': params}, batch['input_ids'], batch['attention_mask'],
                      batch.get('token_type_ids'), deterministic=not train,
                      rngs={'dropout': rng} if train else None,
-                     output_attentions='attentions' in needs, output_qkv='qkv' in needs)
+                     output_attentions='attentions' in needs, output_qkv='qkv' in needs,
+                     **({'head_inputs': extra} if extra else {}))
 
 
 def owns_params(term: Any) -> bool:

@@ -128,3 +128,45 @@ def test_round_trip_through_model_json():
   for objective in (MaskedLM(), PreTraining(pair='sop'), NextSentence(), SentenceOrder()):
     assert objectives.from_dict(objective.to_dict()) == objective
 
+
+
+@pytest.mark.parametrize('objective', [MaskedLM(predict_share=0.3),
+                                       PreTraining(pair='sop', predict_share=0.3)])
+def test_logits_at_predicted_positions_give_the_full_loss_and_gradients(objective):
+  from research.train.step import forward  # pylint: disable=g-import-not-at-top
+  batch = _batch(rows=4, length=24)
+  assert (np.asarray(batch['labels']) != IGNORE_INDEX).sum(1).max() <= 12  # all fit
+  model, params = _init(objective, batch)
+  full = model.clone(objective=objective.replace(predict_share=0.0))
+
+  def loss(m, p, train):
+    outputs, _ = forward(m, p, batch, train=train, rng=jax.random.PRNGKey(0))
+    return m.objective.loss(outputs, batch)[0]
+
+  # CONFIG has no dropout, so train=True differs only in where the logits are computed.
+  gathered_outputs, _ = forward(model, params, batch, train=True, rng=jax.random.PRNGKey(0))
+  mlm = gathered_outputs['mlm'] if isinstance(gathered_outputs, dict) else gathered_outputs
+  assert mlm.shape[1] == 12 < 24  # ceil(0.3 * 24) + 4 positions, not 24
+  np.testing.assert_allclose(loss(model, params, True), loss(full, params, True), rtol=1e-5)
+  g_gathered = jax.grad(lambda p: loss(model, p, True))(params)
+  g_full = jax.grad(lambda p: loss(full, p, True))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
+               g_gathered, g_full)
+  # Evaluation keeps logits at every position.
+  eval_outputs, _ = forward(model, params, batch)
+  eval_mlm = eval_outputs['mlm'] if isinstance(eval_outputs, dict) else eval_outputs
+  assert eval_mlm.shape[1] == 24
+
+
+def test_predicted_positions_put_labelled_tokens_first_in_order():
+  from research.objectives.masked_lm import predicted_positions  # pylint: disable=g-import-not-at-top
+  labels = np.full((2, 12), IGNORE_INDEX)
+  labels[0, [2, 7, 9]] = 5
+  labels[1, [0, 11]] = 7
+  positions = np.asarray(predicted_positions(jnp.asarray(labels), 0.1))  # ceil(1.2) + 4 = 6
+  assert positions.shape == (2, 6)
+  np.testing.assert_array_equal(positions[0, :3], [2, 7, 9])
+  np.testing.assert_array_equal(positions[1, :2], [0, 11])
+  assert (labels[0, positions[0, 3:]] == IGNORE_INDEX).all()
+  with pytest.raises(ValueError, match='predict_share'):
+    MaskedLM(predict_share=1.5).check(CONFIG)
