@@ -11,6 +11,10 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   # Start from a saved run instead ('runs/x:best' or 'runs/x:latest'): its own
   # architecture, encoder params, tokenizer, and its head when the task matches.
   c.init_from = ''
+  # Pre-train from scratch: config.model's tokenizer and architecture family with these
+  # EncoderConfig fields changed ('num_layers=4,hidden_size=256,num_heads=4,
+  # intermediate_size=1024'), all params randomly initialised. '' = load the weights.
+  c.scratch = ''
   c.task = 'sst2'
   c.data_dir = ''            # local folder in original formats; '' = TFDS
   c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'

@@ -21,6 +21,8 @@ states, attention maps and self-attention relations (`distill.hidden_weight`,
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
 import logging
 import math
@@ -33,10 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.checkpoints import load_pretrained, load_tokenizer
-from research.checkpoints.hf_load import check_tokenizer_fits
+from research.checkpoints import load_pretrained, load_tokenizer, resolve
+from research.checkpoints.hf_load import check_tokenizer_fits, read_config
 from research.data import tasks
 from research.data.batching import BatchIterator
+from research.models.config import EncoderConfig
 from research.train import averaging, evaluation, saved_runs, sharding
 from research.train import teachers as teachers_lib
 from research.train.build import build_model, load_corpus, load_split, uses_corpus
@@ -56,6 +59,11 @@ INTERMEDIATE_WEIGHTS = ('hidden_weight', 'attention_weight', 'relation_weight')
 
 def check_config(config) -> None:
   """Fails fast, naming the field, on values the loop cannot use."""
+  if config.get('scratch') and config.get('init_from'):
+    raise ValueError('config.scratch (random params) and config.init_from (a saved run) '
+                     'exclude each other; set one')
+  if config.get('scratch'):
+    scratch_fields(config.scratch)  # raises naming an unknown field
   positive = ('batch_size', 'max_length', 'pad_multiple', 'log_every')
   for name in positive:
     if config[name] <= 0:
@@ -187,8 +195,30 @@ def _source(config, overrides: dict) -> tuple[Any, Any, Any]:
     tokenizer = saved_runs.run_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model.encoder.vocab_size, folder)
     return tokenizer, model.encoder.replace(**overrides), None
+  if config.get('scratch'):
+    encoder_config, _ = read_config(resolve(config.model),
+                                    **{**scratch_fields(config.scratch), **overrides})
+    logging.info('From scratch: %s architecture with %s, random params', config.model,
+                 config.scratch)
+    return load_tokenizer(config.model), encoder_config, None
   encoder_config, params = load_pretrained(config.model, **overrides)
   return load_tokenizer(config.model), encoder_config, params
+
+
+def scratch_fields(spec: str) -> dict[str, Any]:
+  """'num_layers=4,hidden_size=256' -> {'num_layers': 4, 'hidden_size': 256}."""
+  known = {f.name for f in dataclasses.fields(EncoderConfig)}
+  fields = {}
+  for item in filter(None, (part.strip() for part in spec.split(','))):
+    key, sep, value = item.partition('=')
+    if not sep or key.strip() not in known:
+      raise ValueError(f'config.scratch={spec!r}: {item!r} is not <EncoderConfig field>=<value>'
+                       f'; fields: {sorted(known)}')
+    try:
+      fields[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      fields[key.strip()] = value.strip()
+  return fields
 
 
 class _Pending:
@@ -279,7 +309,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   # From a checkpoint only the head and mix are initialised: dropping the encoder from
   # the jitted init's outputs lets XLA skip its random init (no second copy of a large
   # model). From a run everything is initialised (abstractly) and then restored.
-  keep = lambda name: config.get('init_from') or name != 'encoder'
+  keep = lambda name: config.get('init_from') or encoder_params is None or name != 'encoder'
   with mesh:
     params = jax.jit(lambda r: {k: v for k, v in nn.meta.unbox(init(r)['params']).items()
                                 if keep(k)},
@@ -291,7 +321,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
       logging.info('Not in %s (other task or labels), initialised fresh: %s',
                    config.init_from, fresh)
     params = jax.device_put(params, shardings)
-  else:
+  elif encoder_params is not None:  # None: from scratch, initialised above
     params['encoder'] = jax.device_put(encoder_params, shardings['encoder'])
 
   # -- Optimizer (freezing by optax partition: frozen params hold no state) ---------

@@ -124,3 +124,26 @@ def test_clm_corpus_is_packed_bare_without_masks(tok, lines):
   assert 'labels' in next(batches)
   with pytest.raises(ValueError, match='embeds only'):
     build.load_corpus(mlm, tok, 1000, 4)
+
+
+def test_pretraining_from_scratch_with_lamb_and_accumulation(tiny_model, lines, tmp_path):
+  config = tiny_pretrain_config(tiny_model, lines, 'mlm+sop')
+  config.scratch = 'num_layers=1,hidden_size=32,num_heads=2,intermediate_size=64'
+  config.optimizer.name = 'lamb'
+  config.optimizer.accumulate_steps = 2
+  config.total_steps, config.eval_every = 2, 2
+  result = trainer.train_and_evaluate(config, tmp_path / 'scratch')
+  encoder = result['params']['encoder']
+  assert sorted(k for k in encoder if k.startswith('layer_')) == ['layer_0']
+  shapes = {np.shape(x) for x in jax.tree.leaves(encoder)}
+  assert (30522, 32) in shapes and (32, 64) in shapes  # the tokenizer's vocab, new widths
+  assert np.isfinite(result['final']['mlm_loss']) and result['final']['mlm_loss'] > 5.0
+  model_json = json.loads((tmp_path / 'scratch' / 'model.json').read_text())
+  assert model_json['encoder']['num_layers'] == 1 and model_json['encoder']['hidden_size'] == 32
+
+  config.scratch = 'num_layer=1'
+  with pytest.raises(ValueError, match='num_layer=1'):
+    trainer.check_config(config)
+  config.scratch, config.init_from = 'num_layers=1', str(tmp_path / 'scratch')
+  with pytest.raises(ValueError, match='exclude each other'):
+    trainer.check_config(config)
