@@ -17,16 +17,14 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import time
 from typing import Any, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import study_runs
 from experiments.configs import pretrain
-from research.train.trainer import train_and_evaluate
 
 
 def _define_flags():
@@ -85,34 +83,19 @@ def trainer_config(config, optimizer: str, batch: int):
 
 def run_one(config, optimizer: str, batch: int, out: str) -> dict[str, Any]:
   """Trains one (optimizer, batch) run in out/<optimizer>_b<batch>; returns its row."""
-  workdir = os.path.join(out, f'{optimizer}_b{batch}')
-  row_file = os.path.join(workdir, 'row.json')
   c = trainer_config(config, optimizer, batch)
-  settings = json.loads(c.to_json())
-  if os.path.isfile(row_file):
-    with open(row_file) as f:
-      saved = json.load(f)
-    if saved.get('settings') == settings:  # finished with these settings: reuse
-      return saved['row']
-    logging.info('%s holds a run with other settings: training again', workdir)
-  shutil.rmtree(workdir, ignore_errors=True)  # a half-finished run from other settings
-  start = time.perf_counter()
-  try:
-    result = train_and_evaluate(c, workdir)
-    final = result['final']
-    row = {'optimizer': optimizer, 'batch': batch, 'steps': int(result['steps']),
-           'learning_rate': c.optimizer.learning_rate,
-           'mlm_loss': float(final['mlm_loss']), 'mlm_accuracy': float(final['mlm_accuracy'])}
-  except FloatingPointError as e:  # a diverged run is a result too, not a crash
+
+  def make_row(result):
     row = {'optimizer': optimizer, 'batch': batch, 'steps': c.total_steps,
-           'learning_rate': c.optimizer.learning_rate, 'mlm_loss': float('nan'),
-           'mlm_accuracy': float('nan'), 'diverged': str(e)}
-  row['wall_seconds'] = time.perf_counter() - start
-  if config.keep_workdirs:
-    with open(row_file, 'w') as f:
-      json.dump({'row': row, 'settings': settings}, f)
-  else:
-    shutil.rmtree(workdir, ignore_errors=True)
+           'learning_rate': c.optimizer.learning_rate}
+    if 'diverged' in result:
+      return {**row, 'mlm_loss': float('nan'), 'mlm_accuracy': float('nan'),
+              'diverged': result['diverged']}
+    return {**row, 'mlm_loss': float(result['final']['mlm_loss']),
+            'mlm_accuracy': float(result['final']['mlm_accuracy'])}
+
+  row = study_runs.run_or_reuse(c, os.path.join(out, f'{optimizer}_b{batch}'), make_row,
+                                keep=config.keep_workdirs)
   logging.info('%s batch %d: %s', optimizer, batch, row)
   return row
 

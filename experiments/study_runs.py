@@ -1,0 +1,56 @@
+"""Studies made of many trainer runs: each run's row is kept beside it and reused.
+
+A study (experiments/lamb_batch.py, pretrain_ablation.py) trains one run per setting.
+`run_or_reuse` trains a run unless its folder already holds the row of a finished run
+with exactly the same trainer config, so a study that was stopped, or extended with new
+settings, trains only what is missing. A diverged run (NaN loss) is a result, not a crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from research.train.trainer import train_and_evaluate
+
+ROW_FILE = 'row.json'
+
+
+def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]], *,
+                 keep: bool = True) -> dict[str, Any]:
+  """The row of the run of trainer `config` in `workdir`, training it if needed.
+
+  Args:
+    config: a trainer config.
+    workdir: the run's folder.
+    make_row: the train_and_evaluate result -> the row (JSON-able); called with
+      {'diverged': message} when the loss became NaN.
+    keep: keep the run folder (and its row, for reuse); False deletes it afterwards.
+
+  Returns:
+    The row, with 'wall_seconds' (of the training, when it was trained now).
+  """
+  row_file = os.path.join(workdir, ROW_FILE)
+  settings = json.loads(config.to_json())
+  if os.path.isfile(row_file):
+    with open(row_file) as f:
+      saved = json.load(f)
+    if saved.get('settings') == settings:
+      return saved['row']
+    logging.info('%s holds a run with other settings: training again', workdir)
+  shutil.rmtree(workdir, ignore_errors=True)  # a half-finished run would be resumed
+  start = time.perf_counter()
+  try:
+    row = make_row(train_and_evaluate(config, workdir))
+  except FloatingPointError as e:
+    row = make_row({'diverged': str(e)})
+  row['wall_seconds'] = time.perf_counter() - start
+  if keep:
+    with open(row_file, 'w') as f:
+      json.dump({'row': row, 'settings': settings}, f)
+  else:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return row
