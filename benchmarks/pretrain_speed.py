@@ -25,7 +25,9 @@ the LAMB study uses). Either way ours is built first and exported
 sides start from identical weights, fresh heads included, and their first losses agree
 (exactly up to float rounding with `--dropout 0`).
 
-* ours: `TaskModel` with `MaskedLM` (or `PreTraining(pair='nsp')`), the optimizer from
+* ours: `TaskModel` with `MaskedLM` (or `PreTraining(pair='nsp')`; `--predict_share 0.15`
+  computes the vocabulary logits only at the masked tokens, as the pre-training config
+  does, where the reference computes them at every token), the optimizer from
   `make_optimizer` under `freeze.with_freezing` (everything trains), the trainer's own
   step (`research/train/step.make_train_step`), jitted and donated; `--dtype bfloat16`
   computes in bf16 with float32 params, optimizer and loss.
@@ -106,9 +108,11 @@ PEAK_FLOPS = {'H200': (989e12, 494e12), 'H100': (989e12, 494e12),
               'A100': (312e12, 156e12), 'L4': (121e12, 60e12)}
 
 
-def build_model(model: str, preset: str, *, nsp: bool, dtype: str, dropout: float):
+def build_model(model: str, preset: str, *, nsp: bool, dtype: str, dropout: float,
+                predict_share: float = 0.0):
   """(TaskModel, float32 numpy params) of ours: a checkpoint with fresh heads, or a preset."""
-  objective = PreTraining(pair='nsp') if nsp else MaskedLM()
+  objective = (PreTraining(pair='nsp', predict_share=predict_share) if nsp
+               else MaskedLM(predict_share=predict_share))
   if preset:
     if preset not in CONFIGS:
       raise ValueError(f'unknown --config {preset!r}; expected one of {sorted(CONFIGS)}')
@@ -305,7 +309,7 @@ def run(args: argparse.Namespace) -> dict:
 
   t0 = time.perf_counter()
   model, params = build_model(args.model, args.config, nsp=args.nsp, dtype=args.dtype,
-                              dropout=args.dropout)
+                              dropout=args.dropout, predict_share=args.predict_share)
   tokenizer = load_tokenizer(args.model) if args.text else None
   batch = make_batch(model.encoder, args.batch, args.length, args.nsp, text=args.text,
                      tokenizer=tokenizer)
@@ -366,8 +370,8 @@ def run(args: argparse.Namespace) -> dict:
   print(f'per-round ratios: {" ".join(f"{r:.2f}" for r in paired)} '
         f'(median {statistics.median(paired):.2f})')
   result.update({
-      'benchmark': 'pretrain_speed', 'model': name, 'nsp': args.nsp, 'batch': args.batch,
-      'length': args.length, 'dtype': args.dtype, 'dropout': args.dropout,
+      'benchmark': 'pretrain_speed', 'model': name, 'nsp': args.nsp,
+      'predict_share': args.predict_share, 'batch': args.batch, 'length': args.length, 'dtype': args.dtype, 'dropout': args.dropout,
       'text': args.text,
       'backend': jax.default_backend(), 'torch_device': device, 'threads': THREADS,
       'flops_per_token': flops, 'loss_first': {'ours': box['loss'][0], 'torch': torch_loss[0]},
@@ -389,6 +393,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps per side')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--dropout', type=float, default=0.1)
+  parser.add_argument('--predict_share', type=float, default=0.0,
+                      help='ours: vocabulary logits only at the masked tokens (0.15 as '
+                      'experiments/configs/pretrain.py); 0 = at every token, as the reference')
   parser.add_argument('--text', default='', help="'' = random token ids; 'tinyshakespeare' "
                       "or a .txt file / folder, read with --model's tokenizer")
   parser.add_argument('--peak-tflops', type=float, default=0.0,

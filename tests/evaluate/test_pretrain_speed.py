@@ -88,16 +88,19 @@ def test_peak_flops_table(bench):
   assert bench.peak_flops('cpu', 'float32', 2.5) == 2.5e12
 
 
-@pytest.mark.parametrize('nsp', [False, True])
-def test_smoke_run_json_line_and_matching_losses(bench, capsys, nsp):
+@pytest.mark.parametrize('nsp,share', [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_smoke_run_json_line_and_matching_losses(bench, capsys, nsp, share):
+  # share 0.5: our logits at 12 of 16 positions (the masked ones among them), same loss.
   argv = ['--config', 'tiny', '--steps', '1', '--rounds', '1', '--warmup', '1',
-          '--batch', '4', '--length', '16', '--dropout', '0'] + (['--nsp'] if nsp else [])
+          '--batch', '4', '--length', '16', '--dropout', '0',
+          '--predict_share', str(share)] + (['--nsp'] if nsp else [])
   bench.main(argv)
   last = capsys.readouterr().out.strip().splitlines()[-1]
   result = json.loads(last)
   assert {'ours', 'torch', 'ratio', 'loss_first', 'loss_last', 'flops_per_token',
           'per_round_ratios'} <= set(result)
   assert result['nsp'] is nsp and result['model'] == 'tiny'
+  assert result['predict_share'] == share
   for side in ('ours', 'torch'):
     assert math.isfinite(result[side]) and result[side] > 0
   assert result['ratio'] == pytest.approx(result['ours'] / result['torch'], rel=1e-9)
