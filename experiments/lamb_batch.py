@@ -13,7 +13,6 @@ whose folder holds its row (row.json) from the same trainer settings is not run 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -144,17 +143,11 @@ def run(config, out: str, command: str = '') -> dict[str, Any]:
   table = markdown_table(rows, optimizers, batches)
   plot(rows, optimizers, os.path.join(out, 'loss_vs_batch.png'), title)
   result = {'config': config.to_dict(), 'rows': rows, 'command': command}
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(f'# {title}\n\n{table}')
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  print(f'# {title}\n\n{table}')
-  summary = {'benchmark': 'lamb_batch', 'examples': config.examples,
-             'batches': batches,
-             **{f'{o}_mlm_loss': [next(r['mlm_loss'] for r in rows
-                                       if r['optimizer'] == o and r['batch'] == b)
-                                  for b in batches] for o in optimizers}}
-  print(json.dumps(summary))
+  study_runs.write_results(out, title, table, result, {
+      'benchmark': 'lamb_batch', 'examples': config.examples, 'batches': batches,
+      **{f'{o}_mlm_loss': [next(r['mlm_loss'] for r in rows
+                                if r['optimizer'] == o and r['batch'] == b)
+                           for b in batches] for o in optimizers}})
   return result
 
 

@@ -10,7 +10,6 @@ results.json to --out and ends by printing one JSON line.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -161,14 +160,10 @@ def run(config, out: str, command: str = '') -> dict[str, Any]:
   table = markdown_table(summary, objectives, task_names, pretrain_rows)
   result = {'config': config.to_dict(), 'pretrain': pretrain_rows, 'rows': rows,
             'summary': summary, 'command': command}
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(f'# {title}\n\n{table}')
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  print(f'# {title}\n\n{table}')
-  print(json.dumps({'benchmark': 'pretrain_ablation', **{
-      f'{task}_{objective}': summary[task][objective]['scores']
-      for task in task_names for objective in objectives}}))
+  study_runs.write_results(out, title, table, result, {
+      'benchmark': 'pretrain_ablation',
+      **{f'{task}_{objective}': summary[task][objective]['scores']
+         for task in task_names for objective in objectives}})
   return result
 
 

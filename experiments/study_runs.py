@@ -54,3 +54,15 @@ def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]
   else:
     shutil.rmtree(workdir, ignore_errors=True)
   return row
+
+
+def write_results(out: str, title: str, table: str, result: dict,
+                  summary: dict[str, Any]) -> None:
+  """results.md (title + table) and results.json in `out`; prints the table and then
+  `summary` as the one JSON line a benchmark ends with."""
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write(f'# {title}\n\n{table}')
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  print(f'# {title}\n\n{table}')
+  print(json.dumps(summary))
