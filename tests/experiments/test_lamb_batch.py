@@ -21,7 +21,7 @@ def test_runs_see_the_same_sequences_with_sqrt_scaled_rates():
     trainer.check_config(c)
     assert c.batch_size * c.optimizer.accumulate_steps == batch
     assert c.total_steps * batch == config.examples
-    assert math.isclose(c.optimizer.learning_rate, 2e-3 * math.sqrt(batch / 64))
+    assert math.isclose(c.optimizer.learning_rate, 1e-2 * math.sqrt(batch / 64))
     assert c.scratch == config.scratch and c.optimizer.name == 'lamb'
   full = configs.get_config('size=full')
   assert full.objective == 'mlm+sop' and 'hidden_size=256' in full.scratch
