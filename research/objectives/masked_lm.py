@@ -16,9 +16,9 @@ product for the other ~85 % of tokens, which dominates the cost of a small model
 (30522 x 384 multiply-adds per token for MiniLM's head against ~10.6 M for its six
 layers; ~10x its layers for a 2 x 128 model). Evaluation keeps full logits.
 
-Scores on a (fixed-mask) dev sample: MLM accuracy (percent), loss and perplexity; `predict_batch` returns each
-token's argmax and the log-probability of its label, so evaluation needs no logits on
-the host.
+Scores on a (fixed-mask) dev sample: MLM accuracy (percent), loss and perplexity;
+`predict_batch` returns each token's argmax and the log-probability of its label, so
+evaluation needs no logits on the host.
 """
 from __future__ import annotations
 
