@@ -308,8 +308,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   shardings = sharding.param_shardings(boxed, mesh)
   # From a checkpoint only the head and mix are initialised: dropping the encoder from
   # the jitted init's outputs lets XLA skip its random init (no second copy of a large
-  # model). From a run everything is initialised (abstractly) and then restored.
-  keep = lambda name: config.get('init_from') or encoder_params is None or name != 'encoder'
+  # model). From a run everything is initialised (abstractly) and then restored; from
+  # scratch everything is initialised for real. Both leave encoder_params None.
+  keep = lambda name: encoder_params is None or name != 'encoder'
   with mesh:
     params = jax.jit(lambda r: {k: v for k, v in nn.meta.unbox(init(r)['params']).items()
                                 if keep(k)},
