@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -244,6 +245,42 @@ class _Pending:
     self.losses.clear()
 
 
+def config_differences(workdir: str, config) -> list[str]:
+  """'field: saved -> now' for each leaf that differs from the workdir's config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+
+  def flat(tree, prefix=''):
+    if not isinstance(tree, dict):
+      return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+      out.update(flat(value, f'{prefix}.{key}' if prefix else key))
+    return out
+  saved, now = flat(saved), flat(now)
+  missing = object()
+  return [f'{k}: {saved.get(k, "(absent)")!r} -> {now.get(k, "(absent)")!r}'
+          for k in sorted(set(saved) | set(now))
+          if saved.get(k, missing) != now.get(k, missing)]
+
+
+def resume_mismatch(workdir: str, config, step: int | None, error: Exception) -> str:
+  """Why the workdir's latest checkpoint cannot resume under `config`, for the user."""
+  changed = config_differences(workdir, config)
+  detail = str(error).strip().split('\n')
+  return (f'{workdir} holds a checkpoint (step {step}) whose train state does not fit this '
+          'config, so it cannot be resumed: '
+          + ('the config differs from the one the run was started with (config.json) in '
+             + '; '.join(changed[:12]) + (' ...' if len(changed) > 12 else '')
+             if changed else 'the saved state has other arrays or shapes')
+          + f'. Resume with the original config, or give a new --workdir (the checkpoints in '
+          f'{workdir} are untouched). Orbax said: {" ".join(detail[:6])[:600]}')
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   """Fine-tunes `config.model` (or `config.init_from`) on `config.task`; returns metrics."""
   check_config(config)
@@ -364,7 +401,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
   best = {'score': -math.inf, 'step': -1}
   if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(abstract_like(state))
+    try:
+      state, data_state = ckpt.restore(abstract_like(state))
+    except ValueError as e:  # orbax: the saved tree or shapes differ from this config's
+      raise ValueError(resume_mismatch(workdir, config, ckpt.latest_step(), e)) from e
     train_iter.load_state_dict(data_state['iterator'])
     best = data_state['best']
     logging.info('Resumed from step %d in %s', int(state['step']), workdir)

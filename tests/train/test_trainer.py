@@ -371,3 +371,13 @@ def test_distillation_from_saved_runs(tiny_model, tmp_path):
   (other / 'config.json').write_text(json.dumps({**saved, 'task': 'mrpc'}))
   with pytest.raises(ValueError, match='trained on mrpc, the student on sst2'):
     trainer.train_and_evaluate(student_config(0.5, str(other)), tmp_path / 'mismatch')
+
+
+def test_resuming_under_a_config_that_changes_the_state_is_explained(tiny_model, tmp_path):
+  """A finished run's workdir rerun with EMA on (the state gains 'ema'): the error names
+  the changed field and keeps the checkpoints."""
+  trainer.train_and_evaluate(tiny_config(tiny_model), tmp_path / 'run')
+  before = sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir())
+  with pytest.raises(ValueError, match=r"cannot be resumed.*ema_decay: 0\.0 -> 0\.9"):
+    trainer.train_and_evaluate(tiny_config(tiny_model, ema_decay=0.9), tmp_path / 'run')
+  assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == before
