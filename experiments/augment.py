@@ -33,6 +33,7 @@ from absl import app, flags
 from research.data import augment, glue_tsv, local_source, tasks
 from research.data.sources import default_data_dir, load_examples
 from research.data.tokenize import encode
+from research.objectives import masked_lm
 from research.train import saved_runs
 
 FLAGS = flags.FLAGS
@@ -55,25 +56,8 @@ def _define_flags():
 
 def load_mlm(ref: str) -> tuple[Any, Any, Any]:
   """(logits_at, params, tokenizer) of a pre-training run or a HF masked-LM checkpoint."""
-  workdir, which = saved_runs.parse_ref(ref)
-  if os.path.isfile(os.path.join(workdir, saved_runs.MODEL_FILE)):
-    model = saved_runs.read_model(workdir)
-    if model.objective.kind not in ('masked_lm', 'pretraining'):
-      raise ValueError(f'--mlm {ref}: its objective is {model.objective.kind!r}, not a masked '
-                       'LM; give a pre-training run (experiments/configs/pretrain.py)')
-    params, _ = saved_runs.restore_params(workdir, which)
-    tokenizer = saved_runs.run_tokenizer(workdir)
-  else:
-    from research.checkpoints import load_tokenizer  # pylint: disable=g-import-not-at-top
-    from research.checkpoints.hf_pretraining_heads import load_pretraining_model  # pylint: disable=g-import-not-at-top
-    model, params = load_pretraining_model(ref, pair='')
-    tokenizer = load_tokenizer(ref)
-
-  def logits_at(params, ids, mask, positions):
-    out = model.apply({'params': params}, ids, mask, None, deterministic=True,
-                      head_inputs={'positions': positions})[0]
-    return out['mlm'] if isinstance(out, dict) else out
-  return logits_at, params, tokenizer
+  model, params, tokenizer = saved_runs.load_masked_lm(ref)
+  return masked_lm.logits_at_fn(model), params, tokenizer
 
 
 def teacher_labels(teacher_ref: str, spec, examples: list[dict]) -> list:

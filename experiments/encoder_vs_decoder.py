@@ -31,6 +31,7 @@ from research.data.sources import default_data_dir
 from research.evaluate import lm_perplexity
 from research.models import generate as gen
 from research.models import mask_predict
+from research.objectives import masked_lm
 from research.train import saved_runs
 from research.transforms.prune import count_params
 
@@ -127,11 +128,9 @@ class Scorer:
     def logits(params, ids, mask):
       return model.apply({'params': params}, ids, mask, None, deterministic=True)[0]
 
-    def logits_at(params, ids, mask, positions):
-      return model.apply({'params': params}, ids, mask, None, deterministic=True,
-                         head_inputs={'positions': positions})[0]
-
-    self.logits, self.logits_at = logits, logits_at
+    self.logits = logits
+    if model.objective.kind in ('masked_lm', 'pretraining'):
+      self.logits_at = masked_lm.logits_at_fn(model)
 
 
 def distinct_2(rows: Sequence[Sequence[int]]) -> float:

@@ -5,7 +5,10 @@ r"""Generate text from a GPT-2-style decoder with the cached, jitted sampler; ti
     python -m experiments.generate --model runs/clm:best --prompt "..." --greedy
 
 `--model` is a Hugging Face GPT-2 folder (config.json + weights + tokenizer files) or a
-run folder of ours (`runs/x`, `runs/x:latest`) whose model is causal. Prints each
+run folder of ours (`runs/x`, `runs/x:latest`) whose model is causal; or a masked LM (a
+pre-training run, a BERT-family folder with its MLM head), which writes left to right by
+iterative mask prediction (`research/models/mask_predict.py`: no cache, each new token
+reruns the whole sequence). Prints each
 sample and the speed: the first call compiles, so tokens/s is measured on a second,
 identical call (generated tokens of all rows, stop tokens included, per second).
 """
@@ -68,14 +71,54 @@ def run(config, params, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
           'tokens_per_s': float(lengths.sum()) / seconds, 'first_call_seconds': first}
 
 
+def run_masked(model, params, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
+               greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int = 0) -> dict[str, Any]:
+  """`run` for a masked-LM encoder: left to right by iterative mask prediction (no cache,
+  no stop token; special tokens are never sampled). Same result keys as `run`."""
+  from research.models import mask_predict  # pylint: disable=g-import-not-at-top
+  from research.objectives import masked_lm  # pylint: disable=g-import-not-at-top
+  encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+  if not prompts or any(not e for e in encoded):
+    raise ValueError('give non-empty prompts')
+  ids, lengths = mask_predict.right_pad([[tokenizer.cls_token_id] + e for e in encoded],
+                                        tokenizer.pad_token_id or 0)
+  logits_at = masked_lm.logits_at_fn(model)
+
+  def call():
+    return jax.block_until_ready(mask_predict.mask_predict(
+        logits_at, params, ids, lengths, max_new_tokens=max_new_tokens,
+        mask_id=tokenizer.mask_token_id, sep_id=tokenizer.sep_token_id,
+        banned=tokenizer.all_special_ids, greedy=greedy, temperature=temperature,
+        top_k=top_k, top_p=top_p, rng=jax.random.PRNGKey(seed),
+        max_positions=model.encoder.max_length))
+  start = time.perf_counter()
+  call()
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  tokens = np.asarray(call())
+  seconds = time.perf_counter() - start
+  samples = [' ' + tokenizer.decode(row.tolist()) for row in tokens]
+  return {'samples': samples, 'tokens': tokens, 'new_tokens': int(tokens.size),
+          'seconds': seconds, 'tokens_per_s': tokens.size / seconds,
+          'first_call_seconds': first}
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   config, params, tokenizer = load_model(f.model)
   prompts = list(f.prompt) * f.num_samples
-  result = run(config, params, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
-               greedy=f.greedy, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
-               seed=f.seed, stop=f.stop)
+  sampling = dict(greedy=f.greedy, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p,
+                  seed=f.seed)
+  if config.causal:
+    result = run(config, params, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
+                 stop=f.stop, **sampling)
+  else:  # an encoder: its masked-LM head writes by iterative mask prediction
+    from research.train import saved_runs  # pylint: disable=g-import-not-at-top
+    model, params, tokenizer = saved_runs.load_masked_lm(f.model)
+    result = run_masked(model, params, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
+                        **sampling)
   for prompt, sample in zip(prompts, result['samples']):
     print(f'--- {prompt!r}\n{prompt}{sample}\n')
   print(f"{result['new_tokens']} tokens in {result['seconds']:.3f} s: "

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -70,6 +70,21 @@ def lm_logits(encoder_config, encoder, features, name: str = 'head',
   """Vocabulary logits float32 [..., vocab] of the tied LM head called `name`."""
   x, bias = LmTransform(encoder_config, transform_activation, name=name)(features)
   return encoder.attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def logits_at_fn(model) -> Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]:
+  """(params, ids, mask, positions [b, P]) -> MLM logits [b, P, vocab] of a TaskModel whose
+  objective is MaskedLM or PreTraining (its 'mlm' output), in eval mode: the vocabulary
+  product runs at the given positions only (the `head_inputs` seam)."""
+  if getattr(model.objective, 'kind', None) not in ('masked_lm', 'pretraining'):
+    raise ValueError(f'the model\'s objective is {getattr(model.objective, "kind", None)!r}, '
+                     'not a masked LM (masked_lm or pretraining)')
+
+  def logits_at(params, ids, mask, positions):
+    out = model.apply({'params': params}, ids, mask, None, deterministic=True,
+                      head_inputs={'positions': positions})[0]
+    return out['mlm'] if isinstance(out, dict) else out
+  return logits_at
 
 
 # Slack over ceil(share * T): whole-word masking may take one short word past the budget.

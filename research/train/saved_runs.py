@@ -364,6 +364,24 @@ def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
   return np.stack(out) if objective.supports_ensemble else out
 
 
+def load_masked_lm(ref: str) -> tuple[TaskModel, Any, Any]:
+  """(model, params, tokenizer) of a masked LM: a run folder of ours whose objective is
+  masked_lm / pretraining (`runs/x`, `runs/x:latest`), or a Hugging Face checkpoint folder
+  or Hub id loaded with its MLM head (`load_pretraining_model`; a bare encoder gets a
+  fresh, untrained head and a logged note)."""
+  workdir, which = parse_ref(ref)
+  if os.path.isfile(os.path.join(workdir, MODEL_FILE)):
+    model = read_model(workdir)
+    if model.objective.kind not in ('masked_lm', 'pretraining'):
+      raise ValueError(f'{ref}: its objective is {model.objective.kind!r}, not a masked LM; '
+                       'give a pre-training run (experiments/configs/pretrain.py)')
+    params, _ = restore_params(workdir, which)
+    return model, params, run_tokenizer(workdir)
+  from research.checkpoints.hf_pretraining_heads import load_pretraining_model  # pylint: disable=g-import-not-at-top
+  model, params = load_pretraining_model(ref, pair='')
+  return model, params, load_tokenizer(ref)
+
+
 def export_run(workdir: str, folder: str, which: str = 'best', pad: bool = True) -> str:
   """Writes a run as a Hugging Face folder (model with its task head, tokenizer).
 

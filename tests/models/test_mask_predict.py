@@ -58,3 +58,20 @@ def test_bad_input_is_named():
     mask_predict(counting_logits, {}, ids, np.asarray([9]), max_new_tokens=2, **kw)
   with pytest.raises(ValueError, match='non-empty'):
     right_pad([[CLS], []], pad_id=0)
+
+
+def test_a_real_masked_lm_writes_what_a_full_forward_predicts(minilm_folder, tok):
+  """MiniLM with a fresh MLM head through experiments.generate's encoder path: the first
+  generated token is the argmax (specials excluded) of a plain forward at the [MASK]."""
+  from experiments import generate as cli  # pylint: disable=g-import-not-at-top
+  from research.checkpoints.hf_pretraining_heads import load_pretraining_model  # pylint: disable=g-import-not-at-top
+  model, params = load_pretraining_model(str(minilm_folder), pair='')
+  result = cli.run_masked(model, params, tok, ['the cat sat on the'], max_new_tokens=3,
+                          greedy=True)
+  assert len(result['samples']) == 1 and result['new_tokens'] == 3
+  ids = tok('the cat sat on the')['input_ids'][:-1] + [tok.mask_token_id, tok.sep_token_id]
+  ids = np.asarray([ids], np.int32)
+  logits = np.array(model.apply({'params': params}, ids, np.ones_like(ids), None,
+                                  deterministic=True)[0])[0, ids.shape[1] - 2]
+  logits[tok.all_special_ids] = -np.inf
+  assert result['tokens'][0, 0] == logits.argmax()
