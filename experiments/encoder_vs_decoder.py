@@ -12,9 +12,7 @@ and samples.md to --out; the last line printed is one JSON object.
 """
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -255,10 +253,7 @@ def run(config, out: str, command: str = '') -> dict[str, Any]:
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.out,
-      command='python -m experiments.encoder_vs_decoder ' + ' '.join(sys.argv[1:]))
+  study_runs.main_from_flags(run, 'experiments.encoder_vs_decoder')
 
 
 if __name__ == '__main__':

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from typing import Any, Sequence
 
 from absl import app, flags
@@ -153,10 +152,7 @@ def run(config, out: str, command: str = '') -> dict[str, Any]:
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.out,
-      command='python -m experiments.lamb_batch ' + ' '.join(sys.argv[1:]))
+  study_runs.main_from_flags(run, 'experiments.lamb_batch')
 
 
 if __name__ == '__main__':

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import sys
 from typing import Any, Sequence
 
 from absl import app, flags
@@ -169,10 +168,7 @@ def run(config, out: str, command: str = '') -> dict[str, Any]:
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.out,
-      command='python -m experiments.pretrain_ablation ' + ' '.join(sys.argv[1:]))
+  study_runs.main_from_flags(run, 'experiments.pretrain_ablation')
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -66,3 +67,13 @@ def write_results(out: str, title: str, table: str, result: dict,
     json.dump(result, f, indent=2)
   print(f'# {title}\n\n{table}')
   print(json.dumps(summary))
+
+
+def main_from_flags(run: Callable[..., Any], module: str) -> None:
+  """A study script's `main`: INFO logging (absl's own quieter), then
+  `run(FLAGS.config, FLAGS.out, command=<the command line>)`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  run(flags.FLAGS.config, flags.FLAGS.out,
+      command=f'python -m {module} ' + ' '.join(sys.argv[1:]))
