@@ -127,7 +127,7 @@ class Scorer:
       return model.apply({'params': params}, ids, mask, None, deterministic=True)[0]
 
     self.logits = logits
-    if model.objective.kind in ('masked_lm', 'pretraining'):
+    if isinstance(model.objective, masked_lm.MaskedLM):
       self.logits_at = masked_lm.logits_at_fn(model)
 
 

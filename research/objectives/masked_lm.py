@@ -76,14 +76,15 @@ def logits_at_fn(model) -> Callable[[Any, jax.Array, jax.Array, jax.Array], jax.
   """(params, ids, mask, positions [b, P]) -> MLM logits [b, P, vocab] of a TaskModel whose
   objective is MaskedLM or PreTraining (its 'mlm' output), in eval mode: the vocabulary
   product runs at the given positions only (the `head_inputs` seam)."""
-  if getattr(model.objective, 'kind', None) not in ('masked_lm', 'pretraining'):
-    raise ValueError(f'the model\'s objective is {getattr(model.objective, "kind", None)!r}, '
-                     'not a masked LM (masked_lm or pretraining)')
+  objective = model.objective
+  if not isinstance(objective, MaskedLM):
+    raise ValueError(f'the model\'s objective is {getattr(objective, "kind", None)!r}, not a '
+                     'masked LM (masked_lm or pretraining)')
 
   def logits_at(params, ids, mask, positions):
-    out = model.apply({'params': params}, ids, mask, None, deterministic=True,
-                      head_inputs={'positions': positions})[0]
-    return out['mlm'] if isinstance(out, dict) else out
+    return objective.vocabulary_logits(model.apply(
+        {'params': params}, ids, mask, None, deterministic=True,
+        head_inputs={'positions': positions})[0])
   return logits_at
 
 
@@ -198,6 +199,10 @@ class MaskedLM(Objective):
 
   def count(self, batch):
     return self._valid(batch).sum()
+
+  def vocabulary_logits(self, outputs):
+    """The masked-LM logits among this objective's outputs (all of them here)."""
+    return outputs
 
   def predict(self, outputs) -> Any:
     return jnp.argmax(outputs, -1)

@@ -110,6 +110,9 @@ class PreTraining(MaskedLM):
                              name='pair_head')(pooled, deterministic)
     return outputs, features
 
+  def vocabulary_logits(self, outputs):
+    return outputs['mlm']
+
   def loss(self, outputs, batch):
     loss, count = token_cross_entropy(
         outputs['mlm'], self.labels_at(outputs['mlm'], batch['labels']), weights_of(batch))

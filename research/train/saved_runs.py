@@ -372,7 +372,7 @@ def load_masked_lm(ref: str) -> tuple[TaskModel, Any, Any]:
   workdir, which = parse_ref(ref)
   if os.path.isfile(os.path.join(workdir, MODEL_FILE)):
     model = read_model(workdir)
-    if model.objective.kind not in ('masked_lm', 'pretraining'):
+    if not callable(getattr(model.objective, 'vocabulary_logits', None)):
       raise ValueError(f'{ref}: its objective is {model.objective.kind!r}, not a masked LM; '
                        'give a pre-training run (experiments/configs/pretrain.py)')
     params, _ = restore_params(workdir, which)
