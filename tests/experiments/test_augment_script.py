@@ -8,10 +8,10 @@ import pytest
 
 from experiments import augment as script
 from research.data import glue_tsv, tasks
-from research.train import saved_runs
+from research.train import saved_runs, trainer
 
 
-def test_augmented_folder_trains_a_student(make_tiny_run, minilm_folder, tmp_path):
+def test_augmented_folder_is_the_task_layout_and_trains_a_student(make_tiny_run, minilm_folder, tmp_path):
   teacher = make_tiny_run(1)
   data_dir = saved_runs.run_config(teacher).data_dir
   out = tmp_path / 'aug'
@@ -26,6 +26,15 @@ def test_augmented_folder_trains_a_student(make_tiny_run, minilm_folder, tmp_pat
   saved = json.loads((out / 'augment.json').read_text())
   assert saved['train_rows'] == len(rows) and sum(saved['teacher_label_counts'].values()) == (
       summary['augmented'])
+  # The folder is a data_dir the trainer reads: a student distils from the teacher on it.
+  config = saved_runs.run_config(teacher)
+  config.data_dir, config.init_from = str(out), f'{teacher}:best'
+  config.distill.teachers, config.distill.alpha = teacher, 1.0
+  config.num_epochs, config.total_steps, config.train_examples = 1, 0, 0
+  result = trainer.train_and_evaluate(config, tmp_path / 'student')
+  b = config.batch_size
+  assert result['steps'] in (len(rows) // b, -(-len(rows) // b))  # one epoch of these rows
+  assert 0 <= result['final']['accuracy'] <= 100
 
 
 def test_wrong_teacher_or_mlm_is_named(make_tiny_run, tmp_path):
