@@ -65,6 +65,39 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarra
   return ids, mask
 
 
+def _order_keys(x: Array) -> Array:
+  """uint32 keys of float32 values, in the values' order (-inf lowest)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _from_order_key(key: Array) -> Array:
+  bits = jnp.where((key >> 31) == 1, key & jnp.uint32(0x7FFFFFFF), ~key)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _largest_threshold(logits: Array, holds) -> Array:
+  """The largest value t (one per row, [..., 1]) for which `holds(logits >= t)` is True,
+  `holds` being True for the row's smallest value and monotone (once False, False above).
+
+  A bisection over the 2^32 float32 keys: 32 steps of one compare-and-reduce over the
+  vocabulary, exact, where `lax.top_k` and `sort` on XLA:CPU cost ~15x more on a
+  30k-word vocabulary (measured: 30 ms against 2 ms for [4, 30522]).
+  """
+  keys = _order_keys(logits)
+  lo = jnp.min(keys, axis=-1, keepdims=True)  # holds here
+  hi = jnp.max(keys, axis=-1, keepdims=True)
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2 + (hi - lo) % 2  # the upper middle: the loop always moves
+    ok = holds(keys >= mid)
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+  lo, _ = jax.lax.fori_loop(0, 32, step, (lo, jnp.maximum(hi, lo)))
+  return _from_order_key(lo)
+
+
 def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   """Logits with every token outside the top-k, then outside the nucleus, set to -inf.
 
@@ -72,23 +105,24 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
     logits: float [..., vocab] (already divided by the temperature).
     top_k: keep the k largest (0 = no limit). Ties with the k-th are kept.
     top_p: keep the smallest set of most likely tokens whose probability reaches top_p
-      (the most likely token always stays); 1 = no limit. May be traced.
+      (the most likely token always stays; ties with the last one are kept); 1 = no
+      limit. May be traced.
 
   Returns:
     The filtered logits, float32.
   """
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
-  if 0 < top_k < vocab:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+  if 0 < top_k < vocab:  # the k-th largest value: at least k tokens reach it
+    kth = _largest_threshold(logits, lambda kept: kept.sum(-1, keepdims=True) >= top_k)
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if not isinstance(top_p, (int, float)) or top_p < 1.0:  # a traced top_p always filters
-    ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
-    probs = jax.nn.softmax(ordered, axis=-1)
-    # A token stays when the mass of the tokens before it is still below top_p.
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # The highest threshold whose tokens still hold top_p of the mass (or the top token).
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    threshold = _largest_threshold(logits, lambda kept: (
+        jnp.where(kept, probs, 0.0).sum(-1, keepdims=True) >= top_p))
+    logits = jnp.where(logits < jnp.minimum(threshold, top), -jnp.inf, logits)
   return logits
 
 
@@ -109,7 +143,11 @@ def sample_logits(logits: Array, rng: Array, *, greedy: bool = False,
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   filtered = filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p)
-  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+  # Inverse CDF with one uniform per row: the Gumbel trick (`jax.random.categorical`)
+  # draws a random number per vocabulary entry, ~2x slower here on a 30k vocabulary.
+  cdf = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
+  u = jax.random.uniform(rng, cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+  return jnp.argmax(cdf > u, axis=-1).astype(jnp.int32)
 
 
 # Settings that change the program are static; temperature, top_p's value and the stop

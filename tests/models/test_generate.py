@@ -214,3 +214,27 @@ def test_cli_runs_from_a_hf_folder_and_a_run_folder(params, tmp_path):
                            max_new_tokens=5, greedy=True, stop=False))
   assert results[0]['samples'] == results[1]['samples']
   assert results[0]['new_tokens'] == 10 and results[0]['tokens_per_s'] > 0
+
+
+def test_filter_thresholds_equal_sorting_on_a_large_vocabulary():
+  """The bisection thresholds keep exactly what sorting keeps (ties included)."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5000)).astype(np.float32) * 3
+  logits[0, :50] = logits[0, 0]  # a tie at the top
+  logits[1, 100:110] = -np.inf    # already filtered tokens
+  for k in (1, 7, 40, 4999):
+    kth = np.sort(logits, -1)[:, -k][:, None]
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(jnp.asarray(logits),
+                                                                       top_k=k))),
+                                  (logits >= kth) & np.isfinite(logits), err_msg=f'top_k={k}')
+  for p in (0.05, 0.5, 0.93):
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-logits, -1, kind='stable')
+    ranked = np.take_along_axis(probs, order, -1)
+    last = np.argmax(np.cumsum(ranked, -1) >= p, -1)  # first rank reaching p
+    threshold = np.take_along_axis(logits, order, -1)[np.arange(3), last][:, None]
+    np.testing.assert_array_equal(np.isfinite(np.asarray(filter_logits(jnp.asarray(logits),
+                                                                       top_p=p))),
+                                  (logits >= threshold) & np.isfinite(logits),
+                                  err_msg=f'top_p={p}')
