@@ -1,11 +1,13 @@
-r"""Greedy generation speed: our cached, jitted decoder against transformers' `generate`.
+r"""Generation speed: our cached, jitted decoder against transformers' `generate`.
 
     python benchmarks/generate_speed.py                       # 4-layer, 256-wide GPT-2
     python benchmarks/generate_speed.py --layers 12 --hidden 768 --vocab 50257 --batch 8
+    python benchmarks/generate_speed.py --top_k 40            # sampling instead of greedy
 
 One random GPT-2 (`GPT2LMHeadModel`, seed 0) is saved once and loaded by both sides, so
 both decode the same weights from the same left-padded prompts (random ids, rows of
-different lengths), greedily, for exactly `--new_tokens` tokens (no stop token):
+different lengths), greedily (or, with `--top_k K`, sampling from the top K at
+temperature 1), for exactly `--new_tokens` tokens (no stop token):
 - ours: `research.models.generate.generate` (prefill + `lax.while_loop`, key/value cache
   preallocated, one compilation done before timing);
 - torch: `model.generate(do_sample=False, min_new_tokens=max_new_tokens, use_cache=True)`
@@ -59,7 +61,10 @@ def main(argv=None):
   p.add_argument('--prompt', type=int, default=16, help='longest prompt (tokens)')
   p.add_argument('--new_tokens', type=int, default=64)
   p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--top_k', type=int, default=0,
+                 help='> 0: both sides sample from the top k (temperature 1) instead of greedy')
   args = p.parse_args(argv)
+  sampling = args.top_k > 0
 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -77,16 +82,18 @@ def main(argv=None):
   total = args.batch * args.new_tokens
 
   def ours():
-    return jax.block_until_ready(generate(config, params, ids, mask,
-                                          max_new_tokens=args.new_tokens, greedy=True))
+    return jax.block_until_ready(generate(
+        config, params, ids, mask, max_new_tokens=args.new_tokens, greedy=not sampling,
+        top_k=args.top_k, rng=jax.random.PRNGKey(0)))
 
   t_ids, t_mask = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(
       mask.astype(np.int64))
 
   def reference():
     with torch.inference_mode():
-      return torch_model.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False,
-                                  max_new_tokens=args.new_tokens,
+      return torch_model.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=sampling,
+                                  top_k=args.top_k if sampling else None, top_p=None,
+                                  temperature=None, max_new_tokens=args.new_tokens,
                                   min_new_tokens=args.new_tokens, use_cache=True)
 
   start = time.perf_counter()
@@ -94,7 +101,8 @@ def main(argv=None):
   print(f'ours: first call (compilation) {time.perf_counter() - start:.2f} s')
   torch_tokens = reference()[:, ids.shape[1]:].numpy()
   agree = float((ours_tokens == torch_tokens).mean())
-  print(f'greedy tokens identical to transformers: {agree:.1%}')
+  if not sampling:  # sampled tokens come from different random streams
+    print(f'greedy tokens identical to transformers: {agree:.1%}')
   speeds = {'ours': [], 'torch': []}
   for _ in range(args.rounds):
     for name, fn in (('ours', ours), ('torch', reference)):
@@ -102,13 +110,15 @@ def main(argv=None):
       fn()
       speeds[name].append(total / (time.perf_counter() - start))
   result = {name: statistics.median(v) for name, v in speeds.items()}
-  print(f'{args.layers} layers x {args.hidden} wide, vocab {args.vocab}, batch {args.batch}, '
+  print(f'{"top-" + str(args.top_k) + " sampling" if sampling else "greedy"}: '
+        f'{args.layers} layers x {args.hidden} wide, vocab {args.vocab}, batch {args.batch}, '
         f'prompts <= {args.prompt}, {args.new_tokens} new tokens, {THREADS} torch threads, '
         f'jax on {jax.devices()[0].platform}')
   for name, value in result.items():
     print(f'  {name:6s} {value:10.1f} tokens/s')
   print(json.dumps({'ours': round(result['ours'], 1), 'torch': round(result['torch'], 1),
-                    'ratio': round(result['ours'] / result['torch'], 3)}))
+                    'ratio': round(result['ours'] / result['torch'], 3),
+                    'top_k': args.top_k}))
 
 
 if __name__ == '__main__':
