@@ -25,12 +25,11 @@ from experiments import study_runs
 from experiments.configs import pretrain
 from research.checkpoints import load_tokenizer
 from research.data import corpus as corpus_lib
-from research.data.sources import default_data_dir
 from research.evaluate import lm_perplexity
 from research.models import generate as gen
 from research.models import mask_predict
 from research.objectives import masked_lm
-from research.train import saved_runs
+from research.train import build, saved_runs
 from research.transforms.prune import count_params
 
 KINDS = ('encoder', 'decoder')
@@ -65,14 +64,8 @@ def check(config) -> None:
 
 def split_corpus(config, out: str) -> tuple[str, list]:
   """(path of the training documents written under out/corpus, held-out documents)."""
-  path, split = config.corpus, config.documents
-  if config.corpus in corpus_lib.CORPORA:
-    root = default_data_dir('corpus')
-    if not root:
-      raise FileNotFoundError(f'corpus {config.corpus!r}: no corpus folder found; set '
-                              '$RESEARCH_DATA_DIR or name a .txt file')
-    path, split = os.path.join(root, config.corpus), split or corpus_lib.CORPORA[config.corpus]
-  documents = list(corpus_lib.read_documents(path, split or 'blank_lines'))
+  path, split = build.corpus_path(config.corpus, config.documents)
+  documents = list(corpus_lib.read_documents(path, split))
   held = max(1, int(round(len(documents) * config.heldout_share)))
   if len(documents) - held < 1:
     raise ValueError(f'corpus {path} has {len(documents)} document(s): too few to hold out '

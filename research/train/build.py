@@ -88,14 +88,20 @@ def corpus_documents(config):
     name, _, split = c.source[len('tfds:'):].partition(':')
     return corpus.tfds_documents(name, split or 'train', c.get('tfds_field', 'text'),
                                  config.data_dir or None, c.get('max_documents', 0))
-  path, split = c.source, c.get('documents', '')
-  if c.source in corpus.CORPORA:
-    root = c.get('data_dir') or default_data_dir('corpus')
-    if not root:
-      raise FileNotFoundError(f'config.corpus.source={c.source!r}: no corpus folder; set '
-                              'config.corpus.data_dir (or $RESEARCH_DATA_DIR)')
-    path, split = os.path.join(root, c.source), split or corpus.CORPORA[c.source]
-  return corpus.read_documents(path, split or 'blank_lines', c.get('max_documents', 0))
+  path, split = corpus_path(c.source, c.get('documents', ''), c.get('data_dir', ''))
+  return corpus.read_documents(path, split, c.get('max_documents', 0))
+
+
+def corpus_path(source: str, documents: str = '', data_dir: str = '') -> tuple[str, str]:
+  """(path, document split) of a staged corpus name ('gutenberg', 'tinyshakespeare':
+  under `data_dir`, else the default corpus folder) or of a .txt file or folder."""
+  if source not in corpus.CORPORA:
+    return source, documents or 'blank_lines'
+  root = data_dir or default_data_dir('corpus')
+  if not root:
+    raise FileNotFoundError(f'config.corpus.source={source!r}: no corpus folder; set '
+                            'config.corpus.data_dir (or $RESEARCH_DATA_DIR)')
+  return os.path.join(root, source), documents or corpus.CORPORA[source]
 
 
 def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
