@@ -13,7 +13,6 @@ and samples.md to --out; the last line printed is one JSON object.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import generate as generate_cli
 from experiments import study_runs
 from experiments.configs import pretrain
 from research.checkpoints import load_tokenizer
@@ -29,7 +29,7 @@ from research.evaluate import lm_perplexity
 from research.models import generate as gen
 from research.models import mask_predict
 from research.objectives import masked_lm
-from research.train import build, saved_runs
+from research.train import build, saved_runs, trainer
 from research.transforms.prune import count_params
 
 KINDS = ('encoder', 'decoder')
@@ -46,7 +46,7 @@ def check(config) -> None:
   """Fails before any training on values the study cannot use."""
   if not 0.0 < config.heldout_share < 0.5:
     raise ValueError(f'heldout_share must be in (0, 0.5), got {config.heldout_share}')
-  if not config.decoder or 'causal=True' not in config.decoder.replace(' ', ''):
+  if trainer.scratch_fields(config.decoder).get('causal') is not True:
     raise ValueError(f"config.decoder={config.decoder!r} must make the model causal "
                      "('causal=True,...')")
   for name in ('steps', 'batch_size', 'eval_sequences', 'num_prompts', 'prompt_tokens',
@@ -130,16 +130,6 @@ def distinct_2(rows: Sequence[Sequence[int]]) -> float:
   return len(set(bigrams)) / len(bigrams) if bigrams else float('nan')
 
 
-def _timed(fn) -> tuple[Any, float, float]:
-  """(result, seconds of a second call, seconds of the first call, compile included)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  result = jax.block_until_ready(fn())
-  return result, time.perf_counter() - start, first
-
-
 def generate_both(config, scorers: dict, tokenizer, prompts: list[np.ndarray]) -> dict:
   """{kind: {'tokens' [rows of ids], 'tokens_per_s', 'first_call_seconds'}}."""
   sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
@@ -147,14 +137,14 @@ def generate_both(config, scorers: dict, tokenizer, prompts: list[np.ndarray]) -
   out = {}
   decoder = scorers['decoder'].run
   ids, mask = gen.left_pad([p.tolist() for p in prompts], tokenizer.pad_token_id)
-  result, seconds, first = _timed(lambda: gen.generate(
+  result, seconds, first = generate_cli.timed_twice(lambda: gen.generate(
       decoder.model.encoder, decoder.params['encoder'], ids, mask,
       max_new_tokens=config.max_new_tokens, **sampling).tokens)
   out['decoder'] = (np.asarray(result), seconds, first)
   encoder = scorers['encoder']
   ids, lengths = mask_predict.right_pad([[tokenizer.cls_token_id] + p.tolist() for p in prompts],
                                         tokenizer.pad_token_id)
-  result, seconds, first = _timed(lambda: mask_predict.mask_predict(
+  result, seconds, first = generate_cli.timed_twice(lambda: mask_predict.mask_predict(
       encoder.logits_at, encoder.run.params, ids, lengths,
       max_new_tokens=config.max_new_tokens, mask_id=tokenizer.mask_token_id,
       sep_id=tokenizer.sep_token_id, banned=tokenizer.all_special_ids,

@@ -44,6 +44,16 @@ def load_model(ref: str) -> tuple[Any, Any, Any]:
   return config, params, load_tokenizer(folder)
 
 
+def timed_twice(call) -> tuple[Any, float, float]:
+  """(result, seconds of a second call, seconds of the first): the first compiles."""
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  result = jax.block_until_ready(call())
+  return result, time.perf_counter() - start, first
+
+
 def run(config, params, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
         greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
         seed: int = 0, stop: bool = True) -> dict[str, Any]:
@@ -59,12 +69,7 @@ def run(config, params, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
                 top_k=top_k, top_p=top_p, rng=jax.random.PRNGKey(seed),
                 stop_token=eos if stop and eos is not None and eos < config.vocab_size
                 else None)
-  start = time.perf_counter()
-  out = jax.block_until_ready(gen.generate(config, params, ids, mask, **kwargs))
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  out = jax.block_until_ready(gen.generate(config, params, ids, mask, **kwargs))
-  seconds = time.perf_counter() - start
+  out, seconds, first = timed_twice(lambda: gen.generate(config, params, ids, mask, **kwargs))
   tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   samples = [tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
   return {'samples': samples, 'new_tokens': int(lengths.sum()), 'seconds': seconds,
@@ -85,19 +90,13 @@ def run_masked(model, params, tokenizer, prompts: Sequence[str], *, max_new_toke
                                         tokenizer.pad_token_id or 0)
   logits_at = masked_lm.logits_at_fn(model)
 
-  def call():
-    return jax.block_until_ready(mask_predict.mask_predict(
-        logits_at, params, ids, lengths, max_new_tokens=max_new_tokens,
-        mask_id=tokenizer.mask_token_id, sep_id=tokenizer.sep_token_id,
-        banned=tokenizer.all_special_ids, greedy=greedy, temperature=temperature,
-        top_k=top_k, top_p=top_p, rng=jax.random.PRNGKey(seed),
-        max_positions=model.encoder.max_length))
-  start = time.perf_counter()
-  call()
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  tokens = np.asarray(call())
-  seconds = time.perf_counter() - start
+  tokens, seconds, first = timed_twice(lambda: mask_predict.mask_predict(
+      logits_at, params, ids, lengths, max_new_tokens=max_new_tokens,
+      mask_id=tokenizer.mask_token_id, sep_id=tokenizer.sep_token_id,
+      banned=tokenizer.all_special_ids, greedy=greedy, temperature=temperature,
+      top_k=top_k, top_p=top_p, rng=jax.random.PRNGKey(seed),
+      max_positions=model.encoder.max_length))
+  tokens = np.asarray(tokens)
   samples = [' ' + tokenizer.decode(row.tolist()) for row in tokens]
   return {'samples': samples, 'tokens': tokens, 'new_tokens': int(tokens.size),
           'seconds': seconds, 'tokens_per_s': tokens.size / seconds,

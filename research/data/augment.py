@@ -1,8 +1,6 @@
 """TinyBERT's data augmentation: words replaced by a masked LM's candidates.
 
-    mlm = lambda params, ids, mask, positions: model.apply(
-        {'params': params}, ids, mask, deterministic=True,
-        head_inputs={'positions': positions})[0]              # [rows, P, vocab]
+    mlm = masked_lm.logits_at_fn(model)   # a MaskedLM / PreTraining TaskModel
     new = augment_examples(examples, tokenizer, mlm, params, per_example=20)
 
 Jiao et al. 2020 (TinyBERT, section 3.1 and algorithm 1) enlarge a task's train set for

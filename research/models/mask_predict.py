@@ -1,8 +1,6 @@
 """Left-to-right generation from a masked-LM encoder by iterative mask prediction, jitted.
 
-    logits_at = lambda params, ids, mask, positions: model.apply(
-        {'params': params}, ids, mask, deterministic=True,
-        head_inputs={'positions': positions})[0]             # [batch, P, vocab]
+    logits_at = masked_lm.logits_at_fn(model)   # a MaskedLM / PreTraining TaskModel
     out = mask_predict(logits_at, params, ids, lengths, max_new_tokens=32,
                        mask_id=103, sep_id=102, banned=(0, 100, 101, 102, 103), top_k=40)
 
