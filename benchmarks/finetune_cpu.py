@@ -49,6 +49,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained, resolve  # pylint: disable=wrong-import-position
+from research.evaluate import speed  # pylint: disable=wrong-import-position
 from research.models.heads import TaskModel  # pylint: disable=wrong-import-position
 from research.objectives import Classification  # pylint: disable=wrong-import-position
 from research.train.optimizers import make_optimizer  # pylint: disable=wrong-import-position
@@ -114,15 +115,6 @@ def make_torch(model_name: str, dtype: str, batch: dict):
   return step
 
 
-def time_steps(step, steps: int) -> list[float]:
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return times
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='minilm-l6')
@@ -165,16 +157,11 @@ def main():
   compile_s = time.perf_counter() - t0
   torch_step = make_torch(args.model, args.dtype, batch)
   torch_loss = []
-  for _ in range(args.warmup):
-    ours_step()
-    torch_loss.append(torch_step())
+  medians = speed.step_medians(
+      {'ours': ours_step, 'torch': lambda: torch_loss.append(torch_step())},
+      warmup=args.warmup, rounds=args.rounds, per_round=args.steps)
   compiles = train_step._cache_size()  # pylint: disable=protected-access
-
-  ours_med, torch_med = [], []
-  for _ in range(args.rounds):
-    ours_med.append(statistics.median(time_steps(ours_step, args.steps)))
-    torch_med.append(statistics.median(time_steps(
-        lambda: torch_loss.append(torch_step()), args.steps)))
+  ours_med, torch_med = medians['ours'], medians['torch']
   s_ours, s_torch = min(ours_med), min(torch_med)
 
   print(f'model={args.model} batch={args.batch} length={args.length} dtype={args.dtype} '

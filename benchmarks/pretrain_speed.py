@@ -80,6 +80,7 @@ from research.checkpoints import load_tokenizer
 from research.checkpoints.hf_heads import export_pretraining_model, load_pretraining_model
 from research.data.corpus import check_vocab, pack_sequences, pair_features, read_documents
 from research.data.masking import mask_batch
+from research.evaluate import speed
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
 from research.objectives import MaskedLM, PreTraining
@@ -280,15 +281,6 @@ def peak_flops(device_kind: str, dtype: str, override_tflops: float) -> float | 
   return None
 
 
-def time_steps(step, steps: int) -> list[float]:
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return times
-
-
 def run(args: argparse.Namespace) -> dict:
   """Builds both sides, times them in alternated rounds, prints a report; returns the JSON dict."""
   for name in ('steps', 'rounds'):
@@ -325,16 +317,11 @@ def run(args: argparse.Namespace) -> dict:
   compile_s = time.perf_counter() - t0
   torch_step = make_torch(model, params, batch, args.dtype, device)
   torch_loss = [torch_step()]
-  for _ in range(args.warmup):
-    ours_step()
-    torch_loss.append(torch_step())
+  medians = speed.step_medians(
+      {'ours': ours_step, 'torch': lambda: torch_loss.append(torch_step())},
+      warmup=args.warmup, rounds=args.rounds, per_round=args.steps)
   compiles = train_step._cache_size()  # pylint: disable=protected-access
-
-  ours_med, torch_med = [], []
-  for _ in range(args.rounds):
-    ours_med.append(statistics.median(time_steps(ours_step, args.steps)))
-    torch_med.append(statistics.median(time_steps(
-        lambda: torch_loss.append(torch_step()), args.steps)))
+  ours_med, torch_med = medians['ours'], medians['torch']
   s_ours, s_torch = min(ours_med), min(torch_med)
   tokens = args.batch * args.length
   flops = flops_per_token(model.encoder, params, args.length)

@@ -14,6 +14,7 @@ compression pipeline's report use this; tests never time anything.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -86,6 +87,32 @@ def sequences_per_second(runners: Mapping[str, Callable[[dict], Any]],
         run(b)
       best[name] = min(best[name], time.perf_counter() - start)
   return {name: sum(len(b['input_ids']) for b in own(name)) / best[name] for name in runners}
+
+
+def step_medians(steps: Mapping[str, Callable[[], Any]], warmup: int, rounds: int,
+                 per_round: int) -> dict[str, list[float]]:
+  """Per-round median seconds of each blocking step function, rounds alternated.
+
+  Each step runs `warmup` times first (interleaved), then `rounds` rounds of `per_round`
+  timed calls each, one side after the other, so drift in the machine's load hits every
+  side alike; the caller usually keeps each side's best round (`min`).
+  """
+  if rounds < 1 or per_round < 1 or warmup < 0:
+    raise ValueError(f'need rounds >= 1, per_round >= 1 and warmup >= 0, got {rounds}, '
+                     f'{per_round} and {warmup}')
+  for _ in range(warmup):
+    for step in steps.values():
+      step()
+  medians = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      times = []
+      for _ in range(per_round):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+      medians[name].append(statistics.median(times))
+  return medians
 
 
 def folder_bytes(folder: str) -> int:
