@@ -86,13 +86,17 @@ def tfds_hint(spec: tasks.TaskSpec, error: BaseException) -> str:
 
 
 def default_data_dir(task_folder: str = 'glue') -> str:
-  """$RESEARCH_DATA_DIR, else ../shared/data/<task_folder> beside the repo if present.
+  """The data root's `task_folder` ('glue', 'corpus', '' = the root itself), or ''.
 
+  The root is $RESEARCH_DATA_DIR, else ../shared/data beside the repo; it has the layout
+  of the shared offline data (glue/SST-2/..., conll2003/..., corpus/gutenberg/...). A
+  $RESEARCH_DATA_DIR without a `task_folder` subfolder is returned as it is, so it may
+  also name one such folder directly (RESEARCH_DATA_DIR=/data/glue, as older docs said).
   An explicit local folder wins over TFDS, which would try the network first.
   """
   env = os.environ.get('RESEARCH_DATA_DIR')
-  if env:
-    return env
-  shared = Path(__file__).resolve().parents[3] / 'shared' / 'data'
-  shared = shared / task_folder if task_folder else shared
-  return str(shared) if shared.is_dir() else ''
+  root = Path(env) if env else Path(__file__).resolve().parents[3] / 'shared' / 'data'
+  folder = root / task_folder if task_folder else root
+  if folder.is_dir():
+    return str(folder)
+  return env or ''

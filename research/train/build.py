@@ -100,7 +100,8 @@ def corpus_path(source: str, documents: str = '', data_dir: str = '') -> tuple[s
   root = data_dir or default_data_dir('corpus')
   if not root:
     raise FileNotFoundError(f'config.corpus.source={source!r}: no corpus folder; set '
-                            'config.corpus.data_dir (or $RESEARCH_DATA_DIR)')
+                            'config.corpus.data_dir (or $RESEARCH_DATA_DIR, the data root whose '
+                            'corpus/ folder holds the corpora)')
   return os.path.join(root, source), documents or corpus.CORPORA[source]
 
 

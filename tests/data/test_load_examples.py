@@ -71,3 +71,15 @@ def test_no_data_message_when_tfds_fails(monkeypatch):
                                     'GLUE folder or make TFDS reachable')
   assert 'ConnectionError: network is unreachable' in str(info.value)
   assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_default_data_dir_reads_one_root_for_tasks_and_corpora(tmp_path, monkeypatch):
+  (tmp_path / 'glue' / 'SST-2').mkdir(parents=True)
+  (tmp_path / 'corpus' / 'gutenberg').mkdir(parents=True)
+  monkeypatch.setenv('RESEARCH_DATA_DIR', str(tmp_path))
+  assert sources.default_data_dir('glue') == str(tmp_path / 'glue')
+  assert sources.default_data_dir('corpus') == str(tmp_path / 'corpus')
+  assert sources.default_data_dir('') == str(tmp_path)
+  # A variable naming the GLUE folder itself (the older documented use) still works.
+  monkeypatch.setenv('RESEARCH_DATA_DIR', str(tmp_path / 'glue'))
+  assert sources.default_data_dir('glue') == str(tmp_path / 'glue')
