@@ -43,6 +43,59 @@ def param_shardings(boxed_params: Any, mesh: Mesh) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, logical_rules(fsdp))
 
 
+def _names(path) -> tuple:
+  """A key path as plain names: dict keys, attribute names and sequence indices."""
+  out = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        out.append(getattr(key, attr))
+        break
+  return tuple(out)
+
+
+def mirrored_shardings(tree: Any, params: Any, mesh: Mesh | None = None) -> Any:
+  """Shardings for `tree` (an optimizer state, EMA, pruning masks...) that follow `params`.
+
+  A leaf whose key path ends with a parameter's full path and whose shape is that
+  parameter's (Adam's moments, an EMA copy, a pruning mask or score) gets the
+  parameter's sharding; every other leaf (step counts, factored or scalar statistics)
+  is replicated. Without this, state built by `jax.jit(tx.init)` from sharded params
+  lands whole on one device (its values do not depend on the params), and FSDP would
+  split the params but not the optimizer state beside them.
+
+  Args:
+    tree: arrays or ShapeDtypeStructs (e.g. `jax.eval_shape(tx.init, params)`).
+    params: the parameters, placed with NamedShardings.
+    mesh: the mesh; None = that of the params' shardings.
+
+  Returns:
+    A tree of NamedShardings shaped as `tree`, or None when `params` are not placed
+    with NamedShardings (a single device: nothing to follow).
+  """
+  by_path, lengths = {}, set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    current = getattr(leaf, 'sharding', None)
+    if isinstance(current, NamedSharding):
+      mesh = mesh if mesh is not None else current.mesh
+      names = _names(path)
+      by_path[names] = (tuple(leaf.shape), current)
+      lengths.add(len(names))
+  if mesh is None:
+    return None
+  rest = replicated(mesh)
+
+  def follow(path, leaf):
+    names = _names(path)
+    for n in sorted(lengths, reverse=True):
+      match = by_path.get(names[-n:]) if len(names) >= n else None
+      if match is not None and match[0] == tuple(leaf.shape):
+        return match[1]
+    return rest
+
+  return jax.tree_util.tree_map_with_path(follow, tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over every mesh axis."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.train import averaging
+from research.train import averaging, sharding
 
 Params = Any
 
@@ -154,12 +154,24 @@ def init_state(params: Params, tx: optax.GradientTransformation, seed: int,
   """The train state pytree: step, params, optimizer state, RNG and (optionally) EMA
   and the loss terms' own params (`aux`, trained by `aux_tx`)."""
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
-           'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.PRNGKey(seed)}
+           'opt_state': init_like_params(tx.init, params), 'rng': jax.random.PRNGKey(seed)}
   if ema_decay:
-    state['ema'] = jax.jit(averaging.init)(params)
+    state['ema'] = init_like_params(averaging.init, params)
   if aux:
     state = add_aux(state, aux, aux_tx)
   return state
+
+
+def init_like_params(init: Callable[[Params], Any], params: Params) -> Any:
+  """`init(params)` jitted so that what mirrors a parameter is placed as that parameter.
+
+  With FSDP-sharded params, Adam's moments, EMA copies and pruning masks come out split
+  the same way (built on their devices, never gathered whole on one).
+  """
+  shardings = sharding.mirrored_shardings(jax.eval_shape(init, params), params)
+  if shardings is None:  # params not on a mesh: one device
+    return jax.jit(init)(params)
+  return jax.jit(init, out_shardings=shardings)(params)
 
 
 def add_aux(state: dict, aux: dict, aux_tx: optax.GradientTransformation | None) -> dict:
