@@ -175,7 +175,8 @@ class Cache(NamedTuple):
   """Keys and values of earlier tokens, for incremental decoding (`generate.py`).
 
   Attributes:
-    keys, values: [num_layers (applications), batch, heads, max_len, head_dim].
+    keys, values: [num_layers (applications), batch, heads, max_len, head_dim]; heads is
+      the most any layer has (a pruned layer fills the first of them).
     index: int32 scalar, the slot where the next tokens' keys and values go.
   """
   keys: Array
@@ -241,7 +242,8 @@ class Attention(nn.Module):
       keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), start)
       values = jax.lax.dynamic_update_slice(cache.values, v[None].astype(cache.values.dtype),
                                             start)
-      k, v = keys[layer].astype(dtype), values[layer].astype(dtype)
+      # A pruned layer uses the first `n` of the cache's (max over layers) head slots.
+      k, v = keys[layer, :, :n].astype(dtype), values[layer, :, :n].astype(dtype)
     site = projections.site_of(self, '')
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
     scores = products.product_at(cfg.products, site + 'scores')(

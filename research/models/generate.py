@@ -150,6 +150,12 @@ def sample_logits(logits: Array, rng: Array, *, greedy: bool = False,
   return jnp.argmax(cdf > u, axis=-1).astype(jnp.int32)
 
 
+def cache_heads(config: EncoderConfig) -> int:
+  """Head slots per layer of the key/value cache: the most any layer has (after
+  structured pruning, layers may keep different numbers of heads)."""
+  return max(config.heads(i) for i in range(config.num_layers))
+
+
 # Settings that change the program are static; temperature, top_p's value and the stop
 # token are traced, so changing them does not recompile.
 @functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'greedy', 'top_k',
@@ -159,7 +165,7 @@ def _generate(params, ids, mask, rng, temperature, top_p, stop, *, config: Encod
               output_logits: bool) -> Generated:
   batch, width = ids.shape
   slots = width + max_new_tokens - 1  # the last token is returned, never fed back
-  shape = (config.num_layers, batch, config.heads(0), slots, config.head_dim)
+  shape = (config.num_layers, batch, cache_heads(config), slots, config.head_dim)
   cache = Cache(jnp.zeros(shape, config.compute_dtype), jnp.zeros(shape, config.compute_dtype),
                 jnp.zeros((), jnp.int32))
   # Slots after the prompt hold generated tokens: all real.
@@ -255,9 +261,6 @@ def generate(config: EncoderConfig, params: Any, prompt_ids, prompt_mask=None, *
         f'position table ({config.max_length} positions)')
   if stop_token is not None and not 0 <= stop_token < config.vocab_size:
     raise ValueError(f'stop_token {stop_token} is outside the vocabulary')
-  if len({config.heads(i) for i in range(config.num_layers)}) != 1 or config.heads(0) == 0:
-    raise ValueError('the key/value cache needs the same (non-zero) number of heads in '
-                     'every layer; pad pruned heads back (hf_export.pad_pruned) first')
   if greedy:  # unused settings must not cause recompilations
     temperature, top_k, top_p = 1.0, 0, 1.0
   if not 0 <= config.pad_token_id < config.vocab_size:

@@ -238,3 +238,22 @@ def test_filter_thresholds_equal_sorting_on_a_large_vocabulary():
                                                                        top_p=p))),
                                   (logits >= threshold) & np.isfinite(logits),
                                   err_msg=f'top_p={p}')
+
+
+@pytest.mark.parametrize('keep, heads', [({0: [0, 2, 3], 1: [1]}, [3, 1]),
+                                         ({0: [0, 2, 3], 1: []}, [3, 0])])
+def test_pruned_decoder_generates_with_its_cache_as_the_masked_one(params, keep, heads):
+  """Heads removed unevenly: the cache keeps the most heads any layer has and a layer
+  with fewer fills the first slots; the physically pruned decoder's greedy tokens and
+  logits equal those of the full-size decoder with the same heads zeroed."""
+  from research.transforms import prune  # pylint: disable=g-import-not-at-top
+  masked = prune.mask_heads(CONFIG, params, keep)
+  small_config, small = prune.remove(CONFIG, params, keep)
+  assert [small_config.heads(i) for i in range(2)] == heads
+  ids, mask = left_pad(PROMPTS, CONFIG.pad_token_id)
+  want = generate(CONFIG, masked, ids, mask, max_new_tokens=5, greedy=True,
+                  output_logits=True)
+  got = generate(small_config, small, ids, mask, max_new_tokens=5, greedy=True,
+                 output_logits=True)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_allclose(got.logits, want.logits, atol=TOL)
