@@ -29,8 +29,12 @@ run: $(STAMP)
 	$(BIN)/python -m experiments.main --config experiments/configs/glue.py:task=sst2,cpu_budget --workdir runs/sst2_main
 	$(BIN)/python -m experiments.compress --config experiments/configs/fastformers.py:cpu_budget --teacher runs/sst2_main:best --workdir runs/sst2_main/compressed
 
+# Two pytest-xdist workers: on 2 cores most test time is single-threaded XLA compilation
+# and Python, so two processes overlap it; --dist loadfile keeps each file's module
+# fixtures (a trained run, an executed notebook) on one worker. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference_cpu.py
