@@ -21,13 +21,18 @@ and decay, dropout 0.1, the same max length, and are scored by the same metric c
   `get_linear_schedule_with_warmup`, `clip_grad_norm_`, float32, 2 threads.
 
 Prints each side's dev metric per seed, their means, the difference and the seed
-spread; the last line is one JSON object
-{"task", "metric", "ours": [per seed], "torch": [per seed], "diff": mean(ours) - mean(torch), ...}.
+spread, and with two or more seeds on both sides the paired per-seed differences and
+their t-test; the last line is one JSON object
+{"task", "metric", "ours": [per seed], "torch": [per seed], "diff": mean(ours) - mean(torch),
+ "paired": {...}, ...}. Seeds run at different times combine afterwards:
+
+    python benchmarks/accuracy_parity.py --combine runs/mrpc_s01.json,runs/mrpc_s34.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -45,6 +50,98 @@ from research.data import tasks  # pylint: disable=wrong-import-position
 from research.data.batching import BatchIterator  # pylint: disable=wrong-import-position
 from research.evaluate import gather  # pylint: disable=wrong-import-position
 from research.train.build import load_split  # pylint: disable=wrong-import-position
+
+
+def paired_difference(ours: dict[int, float], torch: dict[int, float]) -> dict | None:
+  """Per-seed differences ours - torch over the seeds both sides ran, and a paired t-test.
+
+  Seeds are paired because they fix the same data order and head initialisation draw on
+  neither side, but the two sides' seed noise is then the only thing left to separate a
+  real gap from; the t statistic (mean / standard error, n - 1 degrees of freedom) says
+  whether the gap stands out from it. None with fewer than two paired seeds.
+  """
+  seeds = sorted(set(ours) & set(torch))
+  if len(seeds) < 2:
+    return None
+  diffs = [ours[s] - torch[s] for s in seeds]
+  mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+  se = sd / len(diffs) ** 0.5
+  if se > 0:
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    t = mean / se
+    p_value = float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+  else:  # identical differences on every seed
+    t = math.copysign(math.inf, mean) if mean else 0.0
+    p_value = 1.0 if mean == 0 else 0.0
+  return {'seeds': seeds, 'diffs': diffs, 'mean': mean, 'sd': sd, 'se': se, 't': t,
+          'p_two_sided': p_value}
+
+
+_SAME_RUN = ('task', 'metric', 'model', 'epochs', 'train_examples')
+
+
+def combine(lines: list[dict]) -> tuple[dict, dict[str, dict[int, float]]]:
+  """Merges the JSON lines of several invocations (seeds run at different times) into one.
+
+  Every line must describe the same comparison (task, metric, model, epochs, train
+  examples) and, where it has our side, the same `--ours` overrides; a seed measured
+  twice on one side is refused rather than silently averaged. Returns the merged line
+  and each side's {seed: value}.
+  """
+  if not lines:
+    raise ValueError('--combine needs at least one JSON file')
+  first = lines[0]
+  merged = {key: first.get(key) for key in _SAME_RUN}
+  merged['ours_overrides'] = None
+  by_side: dict[str, dict[int, float]] = {'ours': {}, 'torch': {}}
+  minutes: dict[str, dict[int, float]] = {'ours': {}, 'torch': {}}
+  for i, line in enumerate(lines):
+    for key in _SAME_RUN:
+      if line.get(key) != merged[key]:
+        raise ValueError(f'line {i} has {key}={line.get(key)!r}, line 0 has {merged[key]!r}: '
+                         'not the same comparison')
+    if 'ours' in line:
+      overrides = sorted(line.get('ours_overrides', []))
+      if merged['ours_overrides'] is None:
+        merged['ours_overrides'] = overrides
+      elif overrides != merged['ours_overrides']:
+        raise ValueError(f'line {i} has our overrides {overrides}, an earlier line '
+                         f'{merged["ours_overrides"]}: not the same config of ours')
+    for side in by_side:
+      for j, (seed, value) in enumerate(zip(line['seeds'], line.get(side, []))):
+        if value is None:  # a combined line: this side did not run this seed
+          continue
+        if seed in by_side[side]:
+          raise ValueError(f'seed {seed} of {side} appears twice (line {i})')
+        by_side[side][seed] = value
+        if f'{side}_minutes' in line:
+          minutes[side][seed] = line[f'{side}_minutes'][j]
+  merged['ours_overrides'] = merged['ours_overrides'] or []
+  merged['seeds'] = sorted(set(by_side['ours']) | set(by_side['torch']))
+  for side, values in by_side.items():  # lists aligned with `seeds`, None where not run
+    if values:
+      merged[side] = [values.get(seed) for seed in merged['seeds']]
+      merged[f'{side}_minutes'] = [minutes[side].get(seed) for seed in merged['seeds']]
+  return merged, by_side
+
+
+def summarize(summary: dict, ours: dict[int, float], torch: dict[int, float]) -> dict:
+  """Adds means, the difference of the means and the paired test to `summary`; prints them."""
+  for side, values in (('ours', ours), ('torch', torch)):
+    if values:
+      spread = statistics.stdev(values.values()) if len(values) > 1 else 0.0
+      print(f'{side:>5}: mean {statistics.mean(values.values()):.2f} over {len(values)} '
+            f'seeds, seed spread (std) {spread:.2f}')
+  if ours and torch:
+    summary['diff'] = statistics.mean(ours.values()) - statistics.mean(torch.values())
+    print(f'diff mean(ours) - mean(torch): {summary["diff"]:+.2f}')
+    paired = paired_difference(ours, torch)
+    if paired:
+      summary['paired'] = paired
+      print(f'paired over seeds {paired["seeds"]}: mean {paired["mean"]:+.2f}, '
+            f'std {paired["sd"]:.2f}, standard error {paired["se"]:.2f}, '
+            f't = {paired["t"]:.2f} (p = {paired["p_two_sided"]:.2f}, two-sided)')
+  return summary
 
 
 def project_config(task: str, model: str):
@@ -196,7 +293,25 @@ def main():
   p.add_argument('--out', default=None, help='also write the JSON result here')
   p.add_argument('--keep_runs', default=None,
                  help='keep our run folders here (<task>_s<seed>), e.g. to score the test split')
+  p.add_argument('--combine', default=None, metavar='A.json,B.json',
+                 help='train nothing: merge the JSON lines of earlier runs (other seeds of '
+                      'the same comparison) and print their joint summary')
   args = p.parse_args()
+  if args.combine:
+    lines = []
+    for path in args.combine.split(','):
+      with open(path) as f:
+        lines.append(json.loads(f.read().strip().splitlines()[-1]))
+    try:
+      merged, by_side = combine(lines)
+    except ValueError as e:
+      p.error(str(e))
+    for side, values in by_side.items():
+      for seed, value in sorted(values.items()):
+        print(f'seed {seed} {side:>5}: {merged["metric"]} {value:.2f}')
+    summarize(merged, by_side['ours'], by_side['torch'])
+    print(json.dumps(merged))
+    return
   spec = tasks.get_task(args.task)
   seeds = [int(s) for s in args.seeds.split(',')]
   sides = args.sides.split(',')
@@ -219,15 +334,11 @@ def main():
              'epochs': args.epochs, 'train_examples': args.train_examples, 'seeds': seeds,
              'ours_overrides': args.ours}
   for side in sides:
-    values = results[side]
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    print(f'{side:>5}: mean {statistics.mean(values):.2f}, seed spread (std) {spread:.2f}, '
-          f'{statistics.mean(seconds[side]) / 60:.1f} min per run')
-    summary[side] = values
+    summary[side] = results[side]
     summary[f'{side}_minutes'] = [s / 60 for s in seconds[side]]
-  if {'ours', 'torch'} <= set(sides):
-    summary['diff'] = statistics.mean(results['ours']) - statistics.mean(results['torch'])
-    print(f'diff mean(ours) - mean(torch): {summary["diff"]:+.2f}')
+    print(f'{side:>5}: {statistics.mean(seconds[side]) / 60:.1f} min per run')
+  summarize(summary, dict(zip(seeds, results.get('ours', []))),
+            dict(zip(seeds, results.get('torch', []))))
   line = json.dumps(summary)
   if args.out:
     with open(args.out, 'w') as f:
