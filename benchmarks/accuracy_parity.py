@@ -55,10 +55,11 @@ from research.train.build import load_split  # pylint: disable=wrong-import-posi
 def paired_difference(ours: dict[int, float], torch: dict[int, float]) -> dict | None:
   """Per-seed differences ours - torch over the seeds both sides ran, and a paired t-test.
 
-  Seeds are paired because they fix the same data order and head initialisation draw on
-  neither side, but the two sides' seed noise is then the only thing left to separate a
-  real gap from; the t statistic (mean / standard error, n - 1 degrees of freedom) says
-  whether the gap stands out from it. None with fewer than two paired seeds.
+  A seed does not give both sides the same data order or head draw, so pairing removes
+  no shared noise; it lines up runs made together (same machine, same commit). The t
+  statistic (mean / standard error, n - 1 degrees of freedom) says whether the gap stands
+  out from the seed-to-seed spread of the differences. None with fewer than two paired
+  seeds.
   """
   seeds = sorted(set(ours) & set(torch))
   if len(seeds) < 2:
