@@ -49,6 +49,10 @@ def get_config(arg=None):
       'predict_share': 0.15,
       'dev_sequences': 256,  # held-out sequences (fixed masks) for evaluation
       'max_documents': 0,   # 0 = all
+      # Tokenized features of a text-file corpus are cached here, keyed by the files'
+      # size and mtime, the tokenizer and the packing arguments ('' = $RESEARCH_CACHE_DIR/
+      # corpus or ~/.cache/research/corpus; 'off' = tokenize every run).
+      'cache_dir': '',
       'pair_pooling': 'pooler',  # what the NSP / SOP head reads ('cls' without a pooler)
   })
   if args.task:

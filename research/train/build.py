@@ -12,7 +12,7 @@ import os
 import jax
 
 from research import objectives
-from research.data import corpus, masking, tasks
+from research.data import corpus, corpus_cache, masking, tasks
 from research.data.batching import BatchIterator
 from research.data.sources import default_data_dir, load_examples
 from research.data.tokenize import encode
@@ -116,13 +116,27 @@ def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
   corpus.check_vocab(tokenizer, vocab_size)
   name = c.objective
   pretraining_objective(config)  # fails now for an unknown or unavailable objective
-  documents = corpus_documents(config)
-  if name in ('mlm+nsp', 'mlm+sop'):
-    features = corpus.pair_features(documents, tokenizer, config.max_length,
-                                    task=name[len('mlm+'):], seed=config.seed)
+
+  def build():
+    documents = corpus_documents(config)
+    if name in ('mlm+nsp', 'mlm+sop'):
+      return corpus.pair_features(documents, tokenizer, config.max_length,
+                                  task=name[len('mlm+'):], seed=config.seed)
+    return list(corpus.pack_sequences(documents, tokenizer, config.max_length,
+                                      wrap=name != 'clm'))
+
+  cache_dir = c.get('cache_dir', '')
+  if cache_dir != 'off' and not c.source.startswith(('task:', 'tfds:')):
+    # Text files only: their size and mtime say when they change (a task's or TFDS's
+    # text is cheap to re-tokenize and has no such stamp).
+    path, split = corpus_path(c.source, c.get('documents', ''), c.get('data_dir', ''))
+    key = corpus_cache.key(
+        corpus.text_files(path), tokenizer, split=split, objective=name,
+        max_length=config.max_length, max_documents=c.get('max_documents', 0),
+        seed=config.seed if name in ('mlm+nsp', 'mlm+sop') else None)
+    features = corpus_cache.cached(cache_dir or corpus_cache.default_dir(), key, build)
   else:
-    features = list(corpus.pack_sequences(documents, tokenizer, config.max_length,
-                                          wrap=name != 'clm'))
+    features = build()
   # At most a tenth of a small corpus (a task's train text) is held out.
   dev_size = min(c.dev_sequences, max(1, len(features) // 10))
   if dev_size < c.dev_sequences:
