@@ -116,10 +116,11 @@ def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
   corpus.check_vocab(tokenizer, vocab_size)
   name = c.objective
   pretraining_objective(config)  # fails now for an unknown or unavailable objective
+  pairs = name in ('mlm+nsp', 'mlm+sop')
 
   def build():
     documents = corpus_documents(config)
-    if name in ('mlm+nsp', 'mlm+sop'):
+    if pairs:
       return corpus.pair_features(documents, tokenizer, config.max_length,
                                   task=name[len('mlm+'):], seed=config.seed)
     return list(corpus.pack_sequences(documents, tokenizer, config.max_length,
@@ -133,7 +134,7 @@ def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
     key = corpus_cache.key(
         corpus.text_files(path), tokenizer, split=split, objective=name,
         max_length=config.max_length, max_documents=c.get('max_documents', 0),
-        seed=config.seed if name in ('mlm+nsp', 'mlm+sop') else None)
+        seed=config.seed if pairs else None)
     features = corpus_cache.cached(cache_dir or corpus_cache.default_dir(), key, build)
   else:
     features = build()
