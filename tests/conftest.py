@@ -14,10 +14,10 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 # Compilation dominates the trainer tests on 2 cores; a per-session persistent cache
 # (inherited by the subprocess runs) lets identical steps compile once.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jax_cache_'))
-# Tokenized corpora are cached per session too, never in the user's ~/.cache.
-os.environ.setdefault('RESEARCH_CACHE_DIR', tempfile.mkdtemp(prefix='research_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# Tokenized corpora are cached per session too, never in the user's ~/.cache.
+os.environ.setdefault('RESEARCH_CACHE_DIR', tempfile.mkdtemp(prefix='research_cache_'))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
