@@ -13,12 +13,14 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from research.models import products
+from research.models.rules import check_rules
 
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'relu')
 NORM_POSITIONS = ('post', 'pre')
 MODEL_TYPES = ('bert', 'roberta', 'distilbert', 'albert', 'gpt2')
 DTYPES = ('float32', 'bfloat16', 'float16')
+# Fields holding ((site_regex, spec), ...) rule lists (`rules.py`).
+RULE_FIELDS = ('projections', 'products', 'hooks')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,7 @@ class EncoderConfig:
       value = getattr(self, name)
       if isinstance(value, list):
         object.__setattr__(self, name, tuple(value))
-    for name in ('projections', 'products', 'hooks'):
+    for name in RULE_FIELDS:
       object.__setattr__(self, name, tuple(tuple(rule) for rule in getattr(self, name)))
     if self.head_dim is None:
       heads0 = self.num_heads if isinstance(self.num_heads, int) else max(self.num_heads)
@@ -148,9 +150,8 @@ class EncoderConfig:
                         f'{sorted(sizes)}')
     if self.norm_position not in NORM_POSITIONS:
       errors.append(f'norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}')
-    errors += products.check_rules(self.products, 'products')
-    errors += products.check_rules(self.projections, 'projections')
-    errors += products.check_rules(self.hooks, 'hooks')
+    for field in RULE_FIELDS:
+      errors += check_rules(getattr(self, field), field)
     if self.embedding_size is not None and self.embedding_size <= 0:
       errors.append(f'embedding_size must be positive, got {self.embedding_size}')
     if self.type_vocab_size < 0:

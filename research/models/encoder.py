@@ -155,7 +155,8 @@ class Embeddings(nn.Module):
       positions = jnp.arange(input_ids.shape[1])[None, :]
     x = x + self.position_embeddings(positions)
     if cfg.type_vocab_size:
-      x = x + self.token_type_embeddings(token_type_ids)
+      types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+      x = x + self.token_type_embeddings(types)
     factorised = cfg.embed_size != cfg.hidden_size
     if factorised and cfg.embedding_project_first:
       x = self.projection(x)
@@ -169,6 +170,17 @@ class Embeddings(nn.Module):
 
   def attend(self, x: Array) -> Array:
     return self.word_embeddings.attend(x)
+
+
+def attention_bias(attention_mask: Array, length: int, causal: bool, first=0) -> Array:
+  """Additive mask [batch, 1, length or 1, keys] from `attention_mask` [batch, keys]:
+  padding keys (and if `causal`, keys after query j's position `first` + j; `first` is
+  the cache index when decoding) get a large negative score."""
+  keep = attention_mask[:, None, None, :] > 0
+  if causal:
+    keys = jnp.arange(attention_mask.shape[1])
+    keep = keep & (keys[None, :] <= first + jnp.arange(length)[:, None])[None, None]
+  return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 class Cache(NamedTuple):
@@ -385,30 +397,12 @@ class Encoder(nn.Module):
       return self._decode(input_ids, attention_mask, token_type_ids, position_ids, cache)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
     x = self.embeddings(input_ids, token_type_ids, attention_mask, deterministic,
                         position_ids)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    # Additive mask, [batch, 1, q or 1, length]: padding (and future) keys get a large
-    # negative score.
-    keep = attention_mask[:, None, None, :] > 0
-    if cfg.causal:
-      length = input_ids.shape[1]
-      keep = keep & jnp.tril(jnp.ones((length, length), bool))[None, None]
-    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-
-    hidden_states, attentions, qkvs = [x], [], []
-    for i in range(cfg.num_layers):
-      x, probs, qkv = self.layer[cfg.attention_set(i)].attention_block(
-          x, bias, deterministic, output_attentions, output_qkv)
-      x = self.layer[cfg.ffn_set(i)].ffn_block(x, deterministic)
-      hidden_states.append(x)
-      attentions.append(probs)
-      qkvs.append(qkv)
-    if cfg.norm_position == 'pre':
-      x = hook(self, 'final_norm/output', self.final_norm(hook(self, 'final_norm/input', x)))
-      hidden_states[-1] = x
+    bias = attention_bias(attention_mask, input_ids.shape[1], cfg.causal)
+    x, hidden_states, attentions, qkvs, _ = self._layers(x, bias, deterministic,
+                                                         output_attentions, output_qkv)
 
     intermediates: dict[str, Any] = {'hidden_states': tuple(hidden_states)}
     if output_attentions:
@@ -435,27 +429,40 @@ class Encoder(nn.Module):
     if attention_mask.shape != (batch, slots):
       raise ValueError(f'with a cache, attention_mask covers the {slots} cache slots: '
                        f'expected shape {(batch, slots)}, got {attention_mask.shape}')
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
     if position_ids is None:
       position_ids = (index + jnp.arange(length))[None, :]
     x = self.embeddings(input_ids, token_type_ids, None, True, position_ids)
-    # Query j (slot index + j) sees real slots up to its own.
-    causal = jnp.arange(slots)[None, :] <= index + jnp.arange(length)[:, None]
-    keep = (attention_mask[:, None, None, :] > 0) & causal[None, None]
-    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    keys, values = cache.keys, cache.values
-    hidden_states = [x]
+    bias = attention_bias(attention_mask, length, True, first=index)
+    x, hidden_states, _, _, cache = self._layers(
+        x, bias, True, cache=Cache(cache.keys, cache.values, index))
+    return x, {'hidden_states': tuple(hidden_states),
+               'cache': cache._replace(index=index + length)}
+
+  # No name scope of its own: op names stay 'Encoder/layer_<j>.attention_block/...',
+  # which profiles group by (evaluate/hlo_ops.py).
+  @nn.nowrap
+  def _layers(self, x, bias, deterministic, output_attentions=False, output_qkv=False,
+              cache=None):
+    """The num_layers applications, then the pre-LN final norm (both paths run these).
+
+    Returns (x, hidden_states (num_layers + 1; 0 = the given x), attentions and qkvs
+    (per application; None unless asked), cache (None, or every slot written)).
+    """
+    cfg = self.config
+    hidden_states, attentions, qkvs = [x], [], []
     for i in range(cfg.num_layers):
-      x, _, (keys, values) = self.layer[cfg.attention_set(i)].attention_block(
-          x, bias, True, False, cache=Cache(keys, values, index), layer=i)
-      x = self.layer[cfg.ffn_set(i)].ffn_block(x, True)
+      x, probs, qkv = self.layer[cfg.attention_set(i)].attention_block(
+          x, bias, deterministic, output_attentions, output_qkv, cache, i)
+      if cache is not None:  # with a cache the block returns the written keys and values
+        cache, qkv = cache._replace(keys=qkv[0], values=qkv[1]), None
+      x = self.layer[cfg.ffn_set(i)].ffn_block(x, deterministic)
       hidden_states.append(x)
+      attentions.append(probs)
+      qkvs.append(qkv)
     if cfg.norm_position == 'pre':
       x = hook(self, 'final_norm/output', self.final_norm(hook(self, 'final_norm/input', x)))
       hidden_states[-1] = x
-    return x, {'hidden_states': tuple(hidden_states),
-               'cache': Cache(keys, values, index + length)}
+    return x, hidden_states, attentions, qkvs, cache
 
   def attend(self, x: Array) -> Array:
     """Logits over the vocabulary, x [..., embed_size] times the word embeddings."""

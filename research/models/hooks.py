@@ -14,51 +14,30 @@ is a *hook site*: the path of the module plus a name,
     <layer>/output_norm/input, output         (and final_norm for pre-LN models)
 
 `EncoderConfig.hooks` is an ordered rule list `((site_regex, hook_spec), ...)` as for
-products; unmatched sites use 'identity' (the tensor unchanged, so a model without
-rules traces exactly as before). A hook is `hook(x) -> x` with x's shape and dtype;
-`register(name, factory)` adds one (quantization registers 'fake_quant').
+products (`rules.py`); unmatched sites use 'identity' (the tensor unchanged, so a model
+without rules traces exactly as before). A hook is `hook(x) -> x` with x's shape and
+dtype; `register(name, factory)` adds one (quantization registers 'fake_quant').
 """
 from __future__ import annotations
 
-import functools
-import re
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 
-from research.models import products
+from research.models.rules import Registry, Rules
 
 Hook = Callable[[jax.Array], jax.Array]
-Rules = Sequence[tuple[str, str]]
 
 
 def identity(x: jax.Array) -> jax.Array:
   return x
 
 
-_FACTORIES: dict[str, Callable[[str], Hook]] = {'identity': lambda arg: identity}
-
-
-def register(name: str, factory: Callable[[str], Hook]) -> None:
-  """Makes `name` (and 'name:argument') usable in `EncoderConfig.hooks`."""
-  if not re.fullmatch(r'\w+', name):
-    raise ValueError(f'hook name {name!r} must be letters, digits or underscores')
-  _FACTORIES[name] = factory
-  make.cache_clear()
-
-
-@functools.lru_cache(maxsize=None)
-def make(spec: str) -> Hook:
-  name, _, argument = spec.partition(':')
-  if name not in _FACTORIES:
-    raise ValueError(f'Unknown hook {spec!r}; registered: {sorted(_FACTORIES)} '
-                     '(a module that defines a hook registers it when imported)')
-  return _FACTORIES[name](argument)
-
-
-def spec_at(rules: Rules, site: str) -> str:
-  """The hook spec of `site`: the first rule whose regex fully matches, else 'identity'."""
-  return products.first_match(rules, site, 'identity')
+HOOKS: Registry[Hook] = Registry('hook', 'hooks', fallback='identity')
+HOOKS.register('identity', lambda arg: identity)
+# The registry's methods under the names other modules use.
+register = HOOKS.register  # register(name, factory): factory(argument) -> hook
+spec_at = HOOKS.spec_at  # spec_at(rules, site) -> spec; unmatched sites get 'identity'
 
 
 def apply(rules: Rules, site: str, x: jax.Array) -> jax.Array:
@@ -66,4 +45,4 @@ def apply(rules: Rules, site: str, x: jax.Array) -> jax.Array:
   if not rules:
     return x
   spec = spec_at(rules, site)
-  return x if spec == 'identity' else make(spec)(x)
+  return x if spec == HOOKS.fallback else HOOKS.make(spec)(x)

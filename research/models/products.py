@@ -18,7 +18,8 @@ accumulation). So projections and attention products can be treated differently:
 
 A product spec is 'name' or 'name:argument'. `register(name, factory)` adds a name;
 `factory(argument)` returns the product (quantization registers its products this
-way). Specs are strings so a run's config.json records how it multiplies.
+way). Specs are strings so a run's config.json records how it multiplies. Rules and
+registry are a `rules.Registry`, as for projections and hooks.
 
 Example:
   >>> register('twice', lambda arg: lambda spec, a, b, **kw: 2 * default(spec, a, b, **kw))
@@ -28,16 +29,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
-import re
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import jax
 
 from research.models import mixed_matmul
+from research.models.rules import Registry, Rules
 
 Product = Callable[..., jax.Array]
-Rules = Sequence[tuple[str, str]]
 
 
 def default(spec: str, lhs: jax.Array, rhs: jax.Array, *, bias: jax.Array | None = None,
@@ -46,44 +45,12 @@ def default(spec: str, lhs: jax.Array, rhs: jax.Array, *, bias: jax.Array | None
   return mixed_matmul.einsum(spec, lhs, rhs, bias=bias, out_dtype=out_dtype)
 
 
-_FACTORIES: dict[str, Callable[[str], Product]] = {'default': lambda arg: default}
-
-
-def register(name: str, factory: Callable[[str], Product]) -> None:
-  """Makes `name` (and 'name:argument') usable in `EncoderConfig.products`.
-
-  Args:
-    name: the spec's name; letters, digits and underscores.
-    factory: `factory(argument) -> product`; the argument is '' for a bare name.
-  """
-  if not re.fullmatch(r'\w+', name):
-    raise ValueError(f'product name {name!r} must be letters, digits or underscores')
-  _FACTORIES[name] = factory
-  make.cache_clear()
-
-
-@functools.lru_cache(maxsize=None)
-def make(spec: str) -> Product:
-  """The product a spec names (cached, so equal specs give the identical function)."""
-  name, _, argument = spec.partition(':')
-  if name not in _FACTORIES:
-    raise ValueError(f'Unknown product {spec!r}; registered: {sorted(_FACTORIES)} '
-                     '(a module that defines a product registers it when imported)')
-  return _FACTORIES[name](argument)
-
-
-def first_match(rules: Rules, site: str, default: str) -> str:
-  """The spec of the first rule whose regex fully matches `site`, else `default` (the
-  lookup shared by product, projection and hook rules)."""
-  for pattern, spec in rules:
-    if re.fullmatch(pattern, site):
-      return spec
-  return default
-
-
-def spec_at(rules: Rules, site: str) -> str:
-  """The product spec of `site`: the first rule whose regex fully matches, else 'default'."""
-  return first_match(rules, site, 'default')
+PRODUCTS: Registry[Product] = Registry('product', 'products', fallback='default')
+PRODUCTS.register('default', lambda arg: default)
+# The registry's methods under the names other modules use.
+register = PRODUCTS.register  # register(name, factory): factory(argument) -> product
+make = PRODUCTS.make  # make(spec) -> product (cached)
+spec_at = PRODUCTS.spec_at  # spec_at(rules, site) -> spec; unmatched sites get 'default'
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []
@@ -113,17 +80,3 @@ def product_at(rules: Rules, site: str) -> Product:
   for sites in _RECORDERS:
     sites.append((site, spec))
   return make(spec)
-
-
-def check_rules(rules: Rules, field: str = 'products') -> list[str]:
-  """Problems with a rule list (bad regexes, malformed pairs), for config validation."""
-  errors = []
-  for rule in rules:
-    if len(rule) != 2 or not all(isinstance(part, str) for part in rule):
-      errors.append(f'{field} rule {rule!r} is not a (regex, spec) pair of strings')
-      continue
-    try:
-      re.compile(rule[0])
-    except re.error as e:
-      errors.append(f'{field} rule {rule[0]!r} is not a valid regex: {e}')
-  return errors

@@ -14,7 +14,7 @@ whose right operand is the (logical) kernel, e.g. 'bsi,ihd->bshd' for a query
 projection with a [hidden, heads, head_dim] kernel; the bias has the shape of the
 kernel's output axes. `EncoderConfig.projections` is an ordered list of
 `(site_regex, kind_spec)` rules over module paths (first full match wins; unmatched
-sites are 'dense'); `register(name, cls)` adds a kind.
+sites are 'dense'; `rules.py`); `register(name, factory)` adds a kind.
 
 Kinds here:
   dense       kernel [in axes..., out axes...] and bias (the pre-trained layout).
@@ -26,7 +26,6 @@ Kinds here:
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -35,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import products
+from research.models.rules import Registry, Rules
 
 Array = jax.Array
-Rules = Sequence[tuple[str, str]]
 default_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
@@ -93,6 +92,8 @@ class Projection(nn.Module):
   out_dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_init
+  # The params that tell this kind's storage apart (`densify` converts a site holding them).
+  STORED = ('kernel',)
 
   @property
   def site(self) -> str:
@@ -107,9 +108,11 @@ class Projection(nn.Module):
     return len(contracted), len(free)
 
   @staticmethod
-  def dense_params(params: dict) -> dict:
+  def dense_params(params: dict, **kind_fields) -> dict:
     """This kind's stored params as a dense projection's {'kernel'[, 'bias']} (numpy);
-    what the dense kernel cannot hold (an activation grid, say) is dropped."""
+    what the dense kernel cannot hold (an activation grid, say) is dropped.
+    `kind_fields` are the kind spec's own fields (LoRA's rank and alpha)."""
+    del kind_fields
     return dict(params)
 
   def bias_param(self) -> Array | None:
@@ -154,6 +157,7 @@ class Dense(Projection):
 class LowRank(Projection):
   """The kernel as two factors a [in axes..., rank] and b [rank, out axes...]."""
   rank: int = 0
+  STORED = ('a', 'b')
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -180,33 +184,24 @@ class LowRank(Projection):
                    out_dtype=self.out_dtype or self.dtype)
 
   @staticmethod
-  def dense_params(params: dict) -> dict:
+  def dense_params(params: dict, **kind_fields) -> dict:
     kernel = np.tensordot(np.asarray(params['a'], np.float32),
                           np.asarray(params['b'], np.float32), axes=1)
     return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
 
 
-_KINDS: dict[str, Callable[[str], dict]] = {
-    'dense': lambda arg: {'cls': Dense},
-    'low_rank': lambda arg: {'cls': LowRank, 'rank': int(arg)},
-}
+# A kind's factory returns `{'cls': ProjectionSubclass, **extra_fields}`.
+KINDS: Registry[dict] = Registry('projection kind', 'projections', fallback='dense')
+KINDS.register('dense', lambda arg: {'cls': Dense})
+KINDS.register('low_rank', lambda arg: {'cls': LowRank, 'rank': int(arg)})
+# The registry's methods under the names other modules use.
+register = KINDS.register  # register(name, factory): kind `name` for config.projections
+kind_at = KINDS.spec_at  # kind_at(rules, site) -> kind spec; unmatched sites are 'dense'
 
 
-def register(name: str, factory: Callable[[str], dict]) -> None:
-  """Makes projection kind `name` usable in `EncoderConfig.projections`.
-
-  Args:
-    name: the kind's name.
-    factory: `factory(argument) -> {'cls': ProjectionSubclass, **extra_fields}`.
-  """
-  if not re.fullmatch(r'\w+', name):
-    raise ValueError(f'projection kind {name!r} must be letters, digits or underscores')
-  _KINDS[name] = factory
-
-
-def kind_at(rules: Rules, site: str) -> str:
-  """The projection kind spec of `site` (first fully matching rule, else 'dense')."""
-  return products.first_match(rules, site, 'dense')
+def kind_class(spec: str) -> type[Projection]:
+  """The module class of a kind spec such as 'low_rank:64'."""
+  return KINDS.make(spec)['cls']
 
 
 def make(rules: Rules, site: str, **fields: Any) -> Projection:
@@ -217,24 +212,13 @@ def make(rules: Rules, site: str, **fields: Any) -> Projection:
     site: the module path the projection will have (its parent's path + its name).
     **fields: `Projection` fields and the module `name`.
   """
-  spec = kind_at(rules, site)
-  name, _, argument = spec.partition(':')
-  if name not in _KINDS:
-    raise ValueError(f'{site}: unknown projection kind {spec!r}; registered: {sorted(_KINDS)}')
   try:
-    extra = _KINDS[name](argument)
+    kind = KINDS.make(kind_at(rules, site))
   except ValueError as e:
-    raise ValueError(f'{site}: bad projection spec {spec!r}: {e}') from e
-  cls = extra.pop('cls')
-  return cls(**fields, **extra)
-
-
-def kind_class(spec: str) -> type[Projection]:
-  """The module class of a kind spec such as 'low_rank:64'."""
-  name, _, argument = spec.partition(':')
-  if name not in _KINDS:
-    raise ValueError(f'unknown projection kind {spec!r}; registered: {sorted(_KINDS)}')
-  return _KINDS[name](argument)['cls']
+    raise ValueError(f'{site}: {e}') from e
+  # The cached kind is shared: read it, never pop from it.
+  extra = {k: v for k, v in kind.items() if k != 'cls'}
+  return kind['cls'](**fields, **extra)
 
 
 def densify(rules: Rules, params: Mapping[str, Any]) -> dict:
@@ -253,9 +237,11 @@ def densify(rules: Rules, params: Mapping[str, Any]) -> dict:
       return tree
     site = '/'.join(path)
     spec = kind_at(rules, site) if path else 'dense'
-    if spec != 'dense' and 'kernel' not in tree and not any(
-        isinstance(v, Mapping) for v in tree.values()):
-      return kind_class(spec).dense_params(dict(tree))
+    if spec != 'dense' and not any(isinstance(v, Mapping) for v in tree.values()):
+      kind = dict(KINDS.make(spec))
+      cls = kind.pop('cls')
+      if set(cls.STORED) <= set(tree):  # a broad rule may match other modules' params
+        return cls.dense_params(dict(tree), **kind)
     return {k: walk(v, path + [k]) for k, v in tree.items()}
   return walk(nn.meta.unbox(params), [])
 
