@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from research.evaluate.throughput import time_fn  # pylint: disable=wrong-import-position
+from research.evaluate.speed import time_fn  # pylint: disable=wrong-import-position
 
 B, S, H, N, D, F = 32, 128, 384, 12, 32, 1536
 

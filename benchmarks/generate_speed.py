@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 THREADS = int(os.environ.get('BENCH_THREADS', '2'))
 
@@ -36,6 +35,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
 from research.models.generate import generate, left_pad  # pylint: disable=wrong-import-position
+from research.evaluate import speed  # pylint: disable=wrong-import-position
 
 
 def make_checkpoint(folder: str, args) -> None:
@@ -96,20 +96,16 @@ def main(argv=None):
                                   temperature=None, max_new_tokens=args.new_tokens,
                                   min_new_tokens=args.new_tokens, use_cache=True)
 
-  start = time.perf_counter()
-  ours_tokens = np.asarray(ours().tokens)
-  print(f'ours: first call (compilation) {time.perf_counter() - start:.2f} s')
+  out, first = speed.timed_call(ours)
+  ours_tokens = np.asarray(out.tokens)
+  print(f'ours: first call (compilation) {first:.2f} s')
   torch_tokens = reference()[:, ids.shape[1]:].numpy()
   agree = float((ours_tokens == torch_tokens).mean())
   if not sampling:  # sampled tokens come from different random streams
     print(f'greedy tokens identical to transformers: {agree:.1%}')
-  speeds = {'ours': [], 'torch': []}
-  for _ in range(args.rounds):
-    for name, fn in (('ours', ours), ('torch', reference)):
-      start = time.perf_counter()
-      fn()
-      speeds[name].append(total / (time.perf_counter() - start))
-  result = {name: statistics.median(v) for name, v in speeds.items()}
+  seconds = speed.step_medians({'ours': ours, 'torch': reference}, warmup=0,
+                               rounds=args.rounds, per_round=1)
+  result = {name: statistics.median(total / t for t in v) for name, v in seconds.items()}
   print(f'{"top-" + str(args.top_k) + " sampling" if sampling else "greedy"}: '
         f'{args.layers} layers x {args.hidden} wide, vocab {args.vocab}, batch {args.batch}, '
         f'prompts <= {args.prompt}, {args.new_tokens} new tokens, {THREADS} torch threads, '

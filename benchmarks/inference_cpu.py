@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained, resolve  # pylint: disable=wrong-import-position
 from research.checkpoints.hf_load import load_tokenizer  # pylint: disable=wrong-import-position
 from research.data.sources import default_data_dir, load_examples  # pylint: disable=wrong-import-position
-from research.evaluate.throughput import time_fn  # pylint: disable=wrong-import-position
+from research.evaluate.speed import time_fn  # pylint: disable=wrong-import-position
 from research.models import Encoder  # pylint: disable=wrong-import-position
 from research.transforms import quantize  # pylint: disable=wrong-import-position
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
 from research.checkpoints.hf_load import load_tokenizer  # pylint: disable=wrong-import-position
 from research.data.sources import default_data_dir, load_examples  # pylint: disable=wrong-import-position
+from research.evaluate import speed  # pylint: disable=wrong-import-position
 from research.models import Encoder  # pylint: disable=wrong-import-position
 from research.transforms import quantize  # pylint: disable=wrong-import-position
 
@@ -118,16 +118,11 @@ def main():
   rows = []
   for batch in (int(b) for b in args.batch_sizes.split(',')):
     data = batches(tokenizer, dev[:args.sentences], batch)
-    for name, (_, p_) in models.items():  # compile every shape first
-      for b in data:
-        apply[name](p_, b['input_ids'], b['attention_mask']).block_until_ready()
-    seconds = {name: [] for name in models}
-    for _ in range(args.rounds):
-      for name, (_, p_) in models.items():
-        start = time.perf_counter()
-        for b in data:
-          apply[name](p_, b['input_ids'], b['attention_mask']).block_until_ready()
-        seconds[name].append(time.perf_counter() - start)
+    # One pass over every batch per call; the warm-up pass compiles every shape.
+    passes = {name: (lambda name=name, p_=p_: [
+        apply[name](p_, b['input_ids'], b['attention_mask']).block_until_ready() for b in data])
+              for name, (_, p_) in models.items()}
+    seconds = speed.step_medians(passes, warmup=1, rounds=args.rounds, per_round=1)
     first = data[:4] if batch > 1 else data[:32]
     outs = {name: [np.asarray(apply[name](p_, b['input_ids'], b['attention_mask']))
                    for b in first] for name, (_, p_) in models.items()}

@@ -23,13 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
-from research.evaluate.throughput import encoder_flops, time_fn  # pylint: disable=wrong-import-position
+from research.evaluate.speed import encoder_flops, time_fn  # pylint: disable=wrong-import-position
 from research.models import Encoder  # pylint: disable=wrong-import-position
+from research.models.sizes import count_params  # pylint: disable=wrong-import-position
 from research.transforms import low_rank  # pylint: disable=wrong-import-position
-
-
-def count(tree) -> int:
-  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
 
 
 def main():
@@ -66,7 +63,7 @@ def main():
       cosine = float(np.mean((out * dense_out).sum(-1) / np.linalg.norm(out, axis=-1)
                              / np.linalg.norm(dense_out, axis=-1)))
       best = min(times[name])
-      row = {'shape': shape, 'model': name, 'params': count(p),
+      row = {'shape': shape, 'model': name, 'params': count_params(p),
              'gflops': encoder_flops(c, batch, length) / 1e9, 'seq_per_s': batch / best,
              'speedup': min(times['dense']) / best, 'cosine_to_dense': cosine}
       rows.append(row)

@@ -1,5 +1,5 @@
-"""FLOP counts of the encoder (research/evaluate/throughput.py): dense and low rank."""
-from research.evaluate.throughput import encoder_flops
+"""FLOP counts of the encoder (research/evaluate/speed.py): dense and low rank."""
+from research.evaluate.speed import encoder_flops
 from research.models import EncoderConfig
 
 CONFIG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,

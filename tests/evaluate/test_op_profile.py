@@ -1,20 +1,17 @@
-"""benchmarks/op_profile.py: op classification from hand-made HLO op names, the HLO
-text parser on a tiny compiled function, and the async-thunk end rule (no profiling)."""
+"""research/evaluate/hlo_ops.py and op_profile.py: op classification from hand-made HLO
+op names, the HLO text parser on a tiny compiled function, the async-thunk end rule,
+time sharing of overlapping ops and the findings summary (no profiling)."""
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from research.evaluate import hlo_ops, op_profile, plots
+
 LAYER = 'jit(f)/Encoder/layer_0.attention_block/layer_0._residual'
 FFN = 'jit(f)/Encoder/layer_0.ffn_block/layer_0._residual'
 BACKWARD = 'jit(step)/transpose(jvp(TaskModel))/encoder'
-
-
-@pytest.fixture(scope='module')
-def op_profile(load_benchmark):
-  return load_benchmark('op_profile')
 
 
 def part(opcode, op_name='', batched=None, target='', scalar=False, source=''):
@@ -56,17 +53,17 @@ def part(opcode, op_name='', batched=None, target='', scalar=False, source=''):
       part('select', 'jit(f)/Encoder/jit(_where)/select_n')], 'other'),
     ([part('while', 'jit(step)/while'), part('add', 'jit(step)/add')], None),
 ])
-def test_classify_op(op_profile, parts, expected):
-  assert op_profile.classify_op(parts) == expected
+def test_classify_op(parts, expected):
+  assert hlo_ops.classify_op(parts) == expected
 
 
-def test_einsum_batched(op_profile):
-  assert op_profile.einsum_batched('bhqd,bhkd->bhqk') is True
-  assert op_profile.einsum_batched('bsi,io->bso') is False
-  assert op_profile.einsum_batched('dot_general') is None
+def test_einsum_batched():
+  assert hlo_ops.einsum_batched('bhqd,bhkd->bhqk') is True
+  assert hlo_ops.einsum_batched('bsi,io->bso') is False
+  assert hlo_ops.einsum_batched('dot_general') is None
 
 
-def test_hlo_of_a_compiled_function_is_classified(op_profile):
+def test_hlo_of_a_compiled_function_is_classified():
   def f(x, w, q, k):
     with jax.named_scope('attention_norm'):
       x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
@@ -75,23 +72,23 @@ def test_hlo_of_a_compiled_function_is_classified(op_profile):
   args = (jnp.ones((16, 32)), jnp.ones((32, 48)), jnp.ones((2, 3, 8, 4)),
           jnp.ones((2, 3, 8, 4)))
   text = jax.jit(f).lower(*args).compile().as_text()
-  module, classes, dropout = op_profile.op_class_table(text)
+  module, classes, dropout = hlo_ops.op_class_table(text)
   assert module and not dropout
   found = {c for c in classes.values() if c not in (None, 'data')}
   assert {'proj', 'attn', 'LN'} <= found, classes
 
 
-def test_source_files_reads_the_stack_frame_tables(op_profile):
+def test_source_files_reads_the_stack_frame_tables():
   text = ('HloModule m\n\nFileNames\n1 "/a/encoder.py"\n2 "/a/mixed_matmul.py"\n\n'
           'FunctionNames\n1 "f"\n\nFileLocations\n'
           '1 {file_name_id=1 function_name_id=1 line=3 end_line=3 column=1 end_column=2}\n'
           '2 {file_name_id=2 function_name_id=1 line=9 end_line=9 column=1 end_column=2}\n\n'
           'StackFrames\n1 {file_location_id=1 parent_frame_id=1}\n'
           '2 {file_location_id=2 parent_frame_id=1}\n')
-  assert op_profile.source_files(text) == {1: '/a/encoder.py', 2: '/a/mixed_matmul.py'}
+  assert hlo_ops.source_files(text) == {1: '/a/encoder.py', 2: '/a/mixed_matmul.py'}
 
 
-def test_async_thunk_ends_where_its_continuation_began(op_profile):
+def test_async_thunk_ends_where_its_continuation_began():
   us = 1000
   # The completing thread ran two short ops right after the call returned (at 100 us),
   # sat idle, then ran the continuation (500..800 us); the 'end:' marker came at 801 us.
@@ -102,9 +99,9 @@ def test_async_thunk_ends_where_its_continuation_began(op_profile):
   assert op_profile.async_finish(starts, ends, 810 * us, 900 * us) == 900 * us
 
 
-def test_findings_count_groups(op_profile):
+def test_findings_count_groups():
   def row(length, proj, attn, smax):
-    shares = dict.fromkeys(op_profile.CLASSES, 0.0)
+    shares = dict.fromkeys(hlo_ops.CLASSES, 0.0)
     shares.update(proj=proj, attn=attn, smax=smax, other=100.0 - proj - attn - smax)
     return {'mode': 'inference', 'dtype': 'float32', 'batch': 1, 'length': length,
             'shares': shares, 'op_ms': 1.0, 'other_dropout_ms': 0.0}
@@ -116,7 +113,17 @@ def test_findings_count_groups(op_profile):
   assert lines[-1].startswith('3. non-GEMM share')
 
 
-def test_overlapping_ops_share_their_time(op_profile):
+def test_overlapping_ops_share_their_time():
   # a alone 0..1, a and b together 1..3, b alone 3..4: a = 1 + 1, b = 1 + 1.
   assert op_profile.attribute([(0.0, 3.0), (1.0, 4.0)]) == pytest.approx([2.0, 2.0])
   assert op_profile.attribute([(0.0, 1.0), (2.0, 3.0)]) == pytest.approx([1.0, 1.0])
+
+
+def test_op_class_shares_plot(tmp_path):
+  pytest.importorskip('matplotlib')
+  shares = dict.fromkeys(hlo_ops.CLASSES, 100.0 / len(hlo_ops.CLASSES))
+  rows = [{'mode': 'inference', 'dtype': 'float32', 'batch': 1, 'length': n,
+           'shares': shares} for n in (64, 128)]
+  out = plots.op_class_shares(rows, tmp_path / 'figures' / 'op_profile.png')
+  assert out == str(tmp_path / 'figures' / 'op_profile.png')
+  assert (tmp_path / 'figures' / 'op_profile.png').stat().st_size > 0
