@@ -44,7 +44,6 @@ THREADS = int(os.environ.get('BENCH_THREADS', '2'))
 # (or on a 2-core machine) so both sides use the same number of cores.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,34 +51,21 @@ from research.checkpoints import load_pretrained, resolve  # pylint: disable=wro
 from research.evaluate import speed  # pylint: disable=wrong-import-position
 from research.models.heads import TaskModel  # pylint: disable=wrong-import-position
 from research.objectives import Classification  # pylint: disable=wrong-import-position
-from research.train.optimizers import make_optimizer  # pylint: disable=wrong-import-position
-from research.train.step import TaskLoss, init_state, make_train_step  # pylint: disable=wrong-import-position
-from research.transforms import freeze  # pylint: disable=wrong-import-position
+from research.train import train_state  # pylint: disable=wrong-import-position
 
 LR, WEIGHT_DECAY, CLIP, DROPOUT = 1e-4, 0.01, 1.0, 0.1
 
 
 def make_ours(config, encoder_params, batch: dict, total_steps: int):
-  """Returns (step_fn, state): the trainer's own jitted, donated step (research/train/step.py)."""
+  """Returns (step_fn, state): the trainer's own jitted, donated step (research/train/train_state.py)."""
   objective = Classification(num_labels=2, pooling='cls', head_dropout=DROPOUT)
   model = TaskModel(config, objective)
   params = model.init(jax.random.PRNGKey(0), batch['input_ids'][:1],
                       batch['attention_mask'][:1])['params']
   params = jax.device_put({**params, 'encoder': encoder_params})
-  rules = freeze.preset('full')  # as the trainer: optax.partition over freezing labels
-  tx = freeze.with_freezing(make_optimizer({
+  return train_state.finetuning_step(model, params, {
       'learning_rate': LR, 'total_steps': total_steps, 'schedule': 'constant',
-      'weight_decay': WEIGHT_DECAY, 'clip_norm': CLIP}), params, rules)
-  state = init_state(params, tx, seed=1)
-
-  @jax.jit
-  def _identity(x):
-    return x
-  state = _identity(state)  # every leaf a committed device array, as the step returns
-  train_step = jax.jit(make_train_step(model, tx, [TaskLoss(objective)],
-                                       labels=freeze.freeze_labels(params, rules)),
-                       donate_argnums=0)
-  return train_step, state
+      'weight_decay': WEIGHT_DECAY, 'clip_norm': CLIP})
 
 
 def make_torch(model_name: str, dtype: str, batch: dict):

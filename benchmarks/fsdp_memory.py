@@ -49,6 +49,9 @@ def main(argv=None):
   from research.objectives import Classification  # pylint: disable=g-import-not-at-top
   from research.train import sharding  # pylint: disable=g-import-not-at-top
   from research.train.optimizers import make_optimizer  # pylint: disable=g-import-not-at-top
+  from research.train import averaging  # pylint: disable=g-import-not-at-top
+  from research.train.defaults import trainer_defaults  # pylint: disable=g-import-not-at-top
+  from research.train import train_state  # pylint: disable=g-import-not-at-top
   from research.train.step import init_state  # pylint: disable=g-import-not-at-top
 
   if len(jax.devices()) < args.fsdp:
@@ -64,8 +67,11 @@ def main(argv=None):
   params = jax.jit(lambda r: nn.meta.unbox(init(r)['params']),
                    out_shardings=shardings)(jax.random.PRNGKey(0))
   tx = make_optimizer({'name': args.optimizer, 'learning_rate': 1e-4, 'total_steps': 10})
-  state = init_state(params, tx, 0, ema_decay=args.ema)
-  state = jax.device_put(state, jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state))
+  schema = trainer_defaults()
+  schema.ema_decay = args.ema
+  owned = {'ema': averaging.TECHNIQUE.state(schema)} if args.ema else {}
+  state = init_state(params, tx, 0, owned=owned)
+  state, _ = train_state.place(state, mesh)
 
   def per_device(tree) -> dict:
     held = {d: 0 for d in mesh.devices.flat}

@@ -84,9 +84,7 @@ from research.evaluate import speed
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
 from research.objectives import MaskedLM, PreTraining
-from research.train.optimizers import make_optimizer
-from research.train.step import TaskLoss, init_state, make_train_step
-from research.transforms import freeze
+from research.train import train_state
 # pylint: enable=wrong-import-position
 
 LR, WEIGHT_DECAY, CLIP = 1e-4, 0.01, 1.0
@@ -209,18 +207,10 @@ def make_batch(config: EncoderConfig, batch: int, length: int, nsp: bool, *, see
 
 
 def make_ours(model: TaskModel, params, total_steps: int):
-  """Returns (step_fn, state): the trainer's own jitted, donated step (research/train/step.py)."""
-  params = jax.device_put(params)
-  rules = freeze.preset('full')  # as the trainer: optax.partition over freezing labels
-  tx = freeze.with_freezing(make_optimizer({
+  """Returns (step_fn, state): the trainer's own jitted, donated step (research/train/train_state.py)."""
+  return train_state.finetuning_step(model, jax.device_put(params), {
       'learning_rate': LR, 'total_steps': total_steps, 'schedule': 'constant',
-      'weight_decay': WEIGHT_DECAY, 'clip_norm': CLIP}), params, rules)
-  state = init_state(params, tx, seed=1)
-  state = jax.jit(lambda x: x)(state)  # every leaf a committed device array, as the step returns
-  train_step = jax.jit(make_train_step(model, tx, [TaskLoss(model.objective)],
-                                       labels=freeze.freeze_labels(params, rules)),
-                       donate_argnums=0)
-  return train_step, state
+      'weight_decay': WEIGHT_DECAY, 'clip_norm': CLIP})
 
 
 def make_torch(model: TaskModel, params, batch: dict, dtype: str, device: str):

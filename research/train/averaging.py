@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from research.transforms.technique import OwnedState, Technique
+
 
 def decay_at(step: jax.Array, decay: float) -> jax.Array:
   """The decay used after optimizer step `step` (0-based), warmed up from 0.1."""
@@ -32,3 +34,25 @@ def update(ema, params, step: jax.Array, decay: float):
 def as_params(ema, like):
   """The average cast to the dtypes of `like` (the live parameters), for evaluation."""
   return jax.tree.map(lambda e, p: e.astype(p.dtype), ema, like)
+
+
+class ParameterAverage(Technique):
+  """`config.ema_decay` > 0: the trainer evaluates (and saves as best) the average of the
+  params, kept in the train state as 'ema' and updated after every step."""
+  name = 'ema'
+  config_keys = ('ema_decay',)
+
+  def active(self, config) -> bool:
+    return bool(config.ema_decay)
+
+  def check(self, config) -> None:
+    if not 0.0 <= config.ema_decay < 1.0:
+      raise ValueError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay}')
+
+  def state(self, config) -> OwnedState:
+    decay = config.ema_decay
+    return OwnedState(init=init, update=lambda ema, params, step: update(ema, params, step, decay),
+                      eval_params=as_params)
+
+
+TECHNIQUE = ParameterAverage()

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from research import objectives
+from research import objectives, specs
 from research.data import corpus, corpus_cache, masking, tasks
 from research.data.batching import BatchIterator
 from research.data.sources import default_data_dir, load_examples
@@ -25,9 +25,9 @@ def build_model(config, spec: tasks.TaskSpec, encoder_config: EncoderConfig) -> 
   if uses_corpus(config):  # pre-training: the objective comes from config.corpus
     return TaskModel(encoder_config, pretraining_objective(config), layer_mix=config.layer_mix)
   objective = objectives.for_task(spec, pooling=config.pooling, head_hidden=config.head_hidden,
-                                  head_activation=config.get('head_activation', 'tanh'),
+                                  head_activation=config.head_activation,
                                   head_dropout=config.dropout,
-                                  options={'token_loss': config.get('token_loss', 'batch')})
+                                  options={'token_loss': config.token_loss})
   return TaskModel(encoder_config, objective, layer_mix=config.layer_mix)
 
 
@@ -51,7 +51,7 @@ PRETRAINING = {'mlm': ('masked_lm', {}), 'mlm+nsp': ('pretraining', {'pair': 'ns
 
 def uses_corpus(config) -> bool:
   """Whether the config pre-trains on a corpus (`config.corpus.source` set)."""
-  return bool(config.get('corpus') and config.corpus.get('source'))
+  return bool(config.corpus.source)
 
 
 def pretraining_objective(config) -> objectives.Objective:
@@ -64,9 +64,9 @@ def pretraining_objective(config) -> objectives.Objective:
     raise ValueError(f'config.corpus.objective={name!r} needs the {kind!r} objective, which '
                      'is not registered in research/objectives')
   if 'pair' in fields:
-    fields = {**fields, 'pooling': config.corpus.get('pair_pooling', 'pooler')}
+    fields = {**fields, 'pooling': config.corpus.pair_pooling}
   if kind != 'causal_lm':
-    share = config.corpus.get('predict_share', 0.0)
+    share = config.corpus.predict_share
     if share and share < config.corpus.mask_rate:
       raise ValueError(f'config.corpus.predict_share={share} is below mask_rate='
                        f'{config.corpus.mask_rate}: some masked tokens would not be scored')
@@ -83,13 +83,13 @@ def corpus_documents(config):
   if c.source.startswith('task:'):
     data_dir = config.data_dir or default_data_dir('glue') or None
     return corpus.task_documents(c.source[len('task:'):], config.train_split, data_dir,
-                                 config.data_source, c.get('max_documents', 0))
+                                 config.data_source, c.max_documents)
   if c.source.startswith('tfds:'):  # 'tfds:<name>[:<split>]', e.g. 'tfds:lm1b:train'
-    name, _, split = c.source[len('tfds:'):].partition(':')
-    return corpus.tfds_documents(name, split or 'train', c.get('tfds_field', 'text'),
-                                 config.data_dir or None, c.get('max_documents', 0))
-  path, split = corpus_path(c.source, c.get('documents', ''), c.get('data_dir', ''))
-  return corpus.read_documents(path, split, c.get('max_documents', 0))
+    name, split = specs.name_arg(c.source[len('tfds:'):])
+    return corpus.tfds_documents(name, split or 'train', c.tfds_field,
+                                 config.data_dir or None, c.max_documents)
+  path, split = corpus_path(c.source, c.documents, c.data_dir)
+  return corpus.read_documents(path, split, c.max_documents)
 
 
 def corpus_path(source: str, documents: str = '', data_dir: str = '') -> tuple[str, str]:
@@ -126,14 +126,14 @@ def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
     return list(corpus.pack_sequences(documents, tokenizer, config.max_length,
                                       wrap=name != 'clm'))
 
-  cache_dir = c.get('cache_dir', '')
+  cache_dir = c.cache_dir
   if cache_dir != 'off' and not c.source.startswith(('task:', 'tfds:')):
     # Text files only: their size and mtime say when they change (a task's or TFDS's
     # text is cheap to re-tokenize and has no such stamp).
-    path, split = corpus_path(c.source, c.get('documents', ''), c.get('data_dir', ''))
+    path, split = corpus_path(c.source, c.documents, c.data_dir)
     key = corpus_cache.key(
         corpus.text_files(path), tokenizer, split=split, objective=name,
-        max_length=config.max_length, max_documents=c.get('max_documents', 0),
+        max_length=config.max_length, max_documents=c.max_documents,
         seed=config.seed if pairs else None)
     features = corpus_cache.cached(cache_dir or corpus_cache.default_dir(), key, build)
   else:

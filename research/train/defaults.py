@@ -1,7 +1,23 @@
-"""Every field the trainer reads, with safe defaults (experiment configs start here)."""
+"""The trainer's config schema: every field any trainer path reads, with its default.
+
+    config = trainer_defaults()          # experiment configs start here
+    config = complete(config)            # what the trainer runs: missing fields filled,
+                                         # unknown ones refused (a typo fails loudly)
+    config = complete(saved, strict=False)   # a run's config.json from an older version
+
+Code reads `config.x`, never `config.get('x', default)`: a default lives here only.
+Techniques (`research/train/techniques.py`) read their own fields (`quant*`, `lora`,
+`sparsity`, `distill`, `ema_decay`); `reset_techniques` turns them all off, for a run
+derived from another one (a distilled student must not inherit its teacher's QAT).
+"""
 from __future__ import annotations
 
+import difflib
+import logging
+
 import ml_collections
+
+from research.transforms import lora, sparsity
 
 
 def trainer_defaults() -> ml_collections.ConfigDict:
@@ -40,15 +56,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   # (docs/results.md, accuracy parity); see research/objectives/tagging.py.
   c.token_loss = 'fixed'
   c.dropout = 0.1
-  c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
-  c.freeze = 'full'
-  # Quantization-aware training: '' = off, else a spec such as 'w8,a8' or 'w4,a8,token'
-  # (research/transforms/quantize.py); quant_attention also fake-quantizes the attention
-  # score and context products; quant_full fake-quantizes what fully quantized BERT
-  # does (attention products, embedding tables and output, softmax, GELU, LayerNorms).
-  c.quant = ''
-  c.quant_attention = False
-  c.quant_full = False
+  c.freeze = 'full'          # research/transforms/freeze.py presets ('bottom:3', 'bitfit', ...)
   c.dtype = 'float32'
   c.seed = 0
   c.log_every = 50
@@ -56,29 +64,6 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.checkpoint_every = 0     # 0 = at every evaluation
   c.keep_checkpoints = 2
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
-  # Distillation from saved runs: comma-separated workdirs whose outputs on the train set
-  # become soft targets, weighted alpha against the labels; '' = off. mode 'cached' runs
-  # the teachers once and caches their outputs in cache_dir ('' = the workdir), so other
-  # students reuse them; 'in_step' runs the frozen teachers inside every train step.
-  # A teacher 'hf:<folder or Hub id>' is a fine-tuned Hugging Face classifier.
-  # Intermediates (need mode 'in_step'; research/transforms/distill_intermediate.py), each
-  # term added with its weight (0 = off): TinyBERT's hidden-state MSE (with learned
-  # projections when widths differ) and attention KL over `layer_map` ('uniform',
-  # 'last:k' or teacher layers '1,3,5'); MiniLM v2's q/k/v relation KL over
-  # `relation_layer_map` with `relation_heads` relation heads (0 = the student's heads).
-  c.distill = ml_collections.ConfigDict({
-      'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
-      'cache_dir': '', 'mode': 'cached',
-      'hidden_weight': 0.0, 'attention_weight': 0.0, 'relation_weight': 0.0,
-      'layer_map': 'uniform', 'relation_layer_map': 'last:1', 'relation_heads': 0})
-  # Gradual unstructured pruning (research/transforms/sparsity.py): target = final sparsity
-  # of each site (0.0 = off), reached by Zhu & Gupta's cubic schedule between the begin and
-  # end fractions of training, masks recomputed every `frequency` steps; method
-  # 'magnitude' | 'movement'; scope 'layer' | 'global' threshold; sites a regex over param
-  # paths ('' = the dense kernels of the encoder's attention and MLP projections).
-  c.sparsity = ml_collections.ConfigDict({
-      'target': 0.0, 'method': 'magnitude', 'begin': 0.1, 'end': 0.7, 'frequency': 10,
-      'sites': '', 'scope': 'layer'})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-4, 'warmup_ratio': 0.06, 'schedule': 'linear',
       'weight_decay': 0.01, 'clip_norm': 1.0,
@@ -86,4 +71,131 @@ def trainer_defaults() -> ml_collections.ConfigDict:
       'accumulate_steps': 1,
       # layer-wise lr decay; 1.0 = off (a float so --config.optimizer.llrd=0.9 works)
       'llrd': 1.0})
+  # Pre-training on a text corpus instead of a task (research/train/build.py);
+  # source '' = off.
+  c.corpus = ml_collections.ConfigDict({
+      # A staged corpus name ('gutenberg', 'tinyshakespeare'), a .txt file or folder,
+      # 'task:<name>' (that task's train text: TAPT) or 'tfds:<name>[:<split>]'.
+      'source': '',
+      'documents': '',      # 'blank_lines' | 'file' | '' = the staged corpus's own
+      'data_dir': '',       # folder of the staged corpora; '' = the data root's corpus/
+      'tfds_field': 'text',  # the text feature of a 'tfds:' source
+      'objective': 'mlm',   # 'mlm' | 'mlm+nsp' | 'mlm+sop' | 'clm'
+      'mask_rate': 0.15,    # BERT: 15 % of tokens, 80 % [MASK] / 10 % random / 10 % kept
+      'whole_word': False,
+      # Training logits only at the predicted tokens (at most ceil(share * T) + 4 per
+      # row; >= mask_rate; 0 = every token): skips the vocabulary product elsewhere.
+      'predict_share': 0.15,
+      'dev_sequences': 256,  # held-out sequences (fixed masks) for evaluation
+      'max_documents': 0,   # 0 = all
+      # Tokenized features of a text-file corpus are cached here, keyed by the files'
+      # size and mtime, the tokenizer and the packing arguments ('' = $RESEARCH_CACHE_DIR/
+      # corpus or ~/.cache/research/corpus; 'off' = tokenize every run).
+      'cache_dir': '',
+      'pair_pooling': 'pooler',  # what the NSP / SOP head reads ('cls' without a pooler)
+  })
+
+  # -- Techniques (research/train/techniques.py), all off by default ------------------
+  # Quantization-aware training (research/transforms/qat.py): '' = off, else a spec such
+  # as 'w8,a8' or 'w4,a8,token'; quant_attention also fake-quantizes the attention score
+  # and context products; quant_full fake-quantizes what fully quantized BERT does
+  # (attention products, embedding tables and output, softmax, GELU, LayerNorms).
+  c.quant = ''
+  c.quant_attention = False
+  c.quant_full = False
+  # LoRA adapters (research/transforms/lora.py): rank 0 = off; the update is scaled by
+  # alpha / rank; targets: a regex over projection sites ('encoder/layer_3/attention/query').
+  c.lora = ml_collections.ConfigDict({'rank': 0, 'alpha': 16.0,
+                                      'targets': lora.DEFAULT_TARGETS})
+  # Gradual unstructured pruning (research/transforms/sparsity.py, SPARSITY_DEFAULTS says
+  # what each field does): target = final sparsity of each site (0.0 = off).
+  c.sparsity = ml_collections.ConfigDict(dict(sparsity.SPARSITY_DEFAULTS))
+  # Distillation from saved runs (research/train/distillation.py): comma-separated
+  # workdirs (or 'hf:<folder or Hub id>', a fine-tuned Hugging Face classifier) whose
+  # outputs become soft targets, weighted alpha against the labels at temperature T;
+  # '' = off. mode 'cached' runs the teachers once and caches their outputs in cache_dir
+  # ('' = the workdir), so other students reuse them; 'in_step' runs the frozen teachers
+  # inside every step. Intermediates (need 'in_step'; each term added with its weight,
+  # 0 = off): TinyBERT's hidden-state MSE (learned projections when widths differ) and
+  # attention KL over `layer_map` ('uniform', 'last:k' or teacher layers '1,3,5');
+  # MiniLM v2's q/k/v relation KL over `relation_layer_map` with `relation_heads`
+  # relation heads (0 = the student's heads).
+  c.distill = ml_collections.ConfigDict({
+      'teachers': '', 'checkpoint': 'best', 'alpha': 0.5, 'temperature': 1.0,
+      'cache_dir': '', 'mode': 'cached',
+      'hidden_weight': 0.0, 'attention_weight': 0.0, 'relation_weight': 0.0,
+      'layer_map': 'uniform', 'relation_layer_map': 'last:1', 'relation_heads': 0})
+  c.ema_decay = 0.0          # >0: evaluate an exponential moving average of the params
   return c
+
+
+def pretraining_defaults(source: str = 'gutenberg', objective: str = 'mlm'
+                         ) -> ml_collections.ConfigDict:
+  """The trainer's fields for (continued) pre-training on the corpus `source` with
+  `objective` ('mlm', 'mlm+nsp', 'mlm+sop', 'clm'): a step budget instead of epochs and
+  evaluation on held-out sequences (experiments/configs/pretrain.py starts here)."""
+  c = trainer_defaults()
+  c.corpus.source, c.corpus.objective = source, objective
+  c.max_length = 128
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.num_epochs = 0
+  c.total_steps = 2000
+  c.eval_every = 500
+  return c
+
+
+def complete(config, *, strict: bool = True) -> ml_collections.ConfigDict:
+  """A copy of `config` with every missing field (nested too) set to its default.
+
+  Args:
+    config: a trainer config (ConfigDict or dict).
+    strict: refuse fields the schema does not know (a misspelt override would otherwise
+      be ignored silently); False keeps them (a run's config.json from another version).
+  """
+  out = ml_collections.ConfigDict(
+      config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+  unknown = _fill(out, trainer_defaults(), '')
+  if unknown and strict:
+    hints = []
+    known = _paths(trainer_defaults(), '')
+    for name in unknown:
+      close = difflib.get_close_matches(name, known, n=1)
+      hints.append(f'{name}' + (f' (did you mean {close[0]}?)' if close else ''))
+    raise ValueError(f'config has field(s) the trainer does not read: {", ".join(hints)}; '
+                     'see research/train/defaults.py for the fields')
+  if unknown:
+    logging.info('config fields from another version, kept but not read: %s', unknown)
+  return out
+
+
+def _fill(config, defaults, prefix: str) -> list[str]:
+  """Adds missing fields in place; returns the dotted names of unknown ones."""
+  unknown = [f'{prefix}{k}' for k in config if k not in defaults]
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict):
+      if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
+        raise ValueError(f'config.{prefix}{key} must be a group of fields like '
+                         f'{sorted(value)}, got {config[key]!r}')
+      unknown += _fill(config[key], value, f'{prefix}{key}.')
+  return unknown
+
+
+def _paths(config, prefix: str) -> list[str]:
+  out = []
+  for key, value in config.items():
+    out.append(f'{prefix}{key}')
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _paths(value, f'{prefix}{key}.')
+  return out
+
+
+def reset_techniques(config, keys) -> ml_collections.ConfigDict:
+  """A copy of `config` with the fields `keys` (the techniques') at their defaults."""
+  out = complete(config, strict=False)
+  defaults = trainer_defaults()
+  for key in keys:
+    out[key] = defaults[key]
+  return out

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import flax
@@ -38,7 +39,7 @@ from research.data import tasks
 from research.models import projections
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
-from research.train import build, evaluation
+from research.train import build, defaults, evaluation
 from research.train.checkpointing import Checkpoints, fill_empty
 
 MODEL_FILE = 'model.json'
@@ -140,15 +141,20 @@ def parse_ref(ref: str, default: str = 'best') -> tuple[str, str]:
 
 
 def run_config(workdir: str, fallback=None) -> ml_collections.ConfigDict:
-  """The config a run was trained with: its config.json, else `fallback`."""
+  """The config a run was trained with: its config.json, else `fallback`; fields added
+  to the schema since the run was written get their defaults (`defaults.complete`)."""
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+    try:
+      with open(path) as f:
+        values = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not valid JSON: {e}') from e
+    return defaults.complete(values, strict=False)
   if fallback is None:
     raise FileNotFoundError(f'{path} does not exist (runs from before the trainer saved its '
                             'config); pass the config the run was started with')
-  return fallback
+  return defaults.complete(fallback, strict=False)
 
 
 def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
@@ -295,18 +301,26 @@ def write_run(workdir: str, model: TaskModel, params: Any, *, config=None, token
   return workdir
 
 
-def init_params(ref: str, model: TaskModel, fresh: Any) -> tuple[Any, list[str]]:
+def init_params(ref: str, model: TaskModel, fresh: Any, new: str | None = None
+                ) -> tuple[Any, list[str]]:
   """Params for `model` taken from the saved run `ref`, the rest from `fresh`.
 
-  The encoder must match the run's exactly (it is the run's own architecture); the
-  layer mix and head are taken when their shapes match (same task and labels), else
-  kept fresh. Returns (params, names of the top-level parts kept fresh).
+  The encoder must match the run's exactly (it is the run's own architecture), except
+  for params matching `new` (a regex over 'encoder/...' paths: what a technique adds,
+  e.g. LoRA factors), taken from `fresh` when the run lacks them; the layer mix and head
+  are taken when their shapes match (same task and labels), else kept fresh. Returns
+  (params, names of the top-level parts kept fresh).
   """
   folder, which = parse_ref(ref)
   saved, _ = restore_params(folder, which)
   saved = fill_empty(saved, fresh)  # zero-size arrays (no heads left) are not on disk
   expected = flax.traverse_util.flatten_dict(fresh['encoder'], sep='/')
   got = flax.traverse_util.flatten_dict(saved['encoder'], sep='/')
+  if new:
+    added = {k: v for k, v in expected.items()
+             if k not in got and re.fullmatch(new, f'encoder/{k}')}
+    got = {**got, **added}
+    saved = {**saved, 'encoder': flax.traverse_util.unflatten_dict(got, sep='/')}
   # Name the commonest mismatch (an int8 run into a float model, or the reverse) plainly.
   run_only, model_only = (_quantized_sites(set(got) - set(expected)),
                           _quantized_sites(set(expected) - set(got)))

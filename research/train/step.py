@@ -20,7 +20,13 @@ devices), their gradients summed in a `lax.scan`, and one optimizer update follo
 micro-batch's loss is weighted by its share of each term's units (`term.count`: real
 rows, or labelled tokens for tagging), so the update equals the one of the whole batch
 up to float rounding. One step is one optimizer update: the schedule, the logged
-learning rate and the parameter average (EMA) advance once per update.
+learning rate and any state a technique owns (the parameter average, EMA) advance once
+per update.
+
+Technique-owned state: `owned` = {name: OwnedState} (`research/transforms/technique.py`)
+puts `state[name] = init(params)` beside the params and, after every update,
+`state[name] = update(state[name], new params, step)` (the parameter average keeps its
+average this way, as 'ema').
 
 Term-owned parameters ("aux"): a term with `init(rng, student_config, teacher_configs)`
 owns trainable parameters, e.g. TinyBERT's projection of the student's hidden states
@@ -43,9 +49,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.train import averaging, sharding
+from research.train import sharding
 
 Params = Any
+# The optimizer's update is traced under this name, so a profile can tell its ops apart
+# (research/evaluate/hlo_ops.py).
+OPTIMIZER_SCOPE = 'optimizer_update'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,14 +158,17 @@ def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
 
 
 def init_state(params: Params, tx: optax.GradientTransformation, seed: int,
-               ema_decay: float = 0.0, aux: dict | None = None,
+               owned: dict | None = None, aux: dict | None = None,
                aux_tx: optax.GradientTransformation | None = None) -> dict:
-  """The train state pytree: step, params, optimizer state, RNG and (optionally) EMA
-  and the loss terms' own params (`aux`, trained by `aux_tx`)."""
+  """The train state pytree: step, params, optimizer state, RNG, the state techniques
+  own (`owned`: {name: OwnedState}, e.g. 'ema') and the loss terms' own params (`aux`,
+  trained by `aux_tx`)."""
   state = {'step': jnp.zeros((), jnp.int32), 'params': params,
            'opt_state': init_like_params(tx.init, params), 'rng': jax.random.PRNGKey(seed)}
-  if ema_decay:
-    state['ema'] = init_like_params(averaging.init, params)
+  for name, part in (owned or {}).items():
+    if name in state:
+      raise ValueError(f'a technique\'s state {name!r} would replace the train state\'s own')
+    state[name] = init_like_params(part.init, params)
   if aux:
     state = add_aux(state, aux, aux_tx)
   return state
@@ -192,7 +204,7 @@ def _micro_batches(batch: dict, k: int) -> dict:
 
 def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any], *,
                     teachers: Sequence[Any] = (), labels: Any = None,
-                    schedule: optax.Schedule | None = None, ema_decay: float = 0.0,
+                    schedule: optax.Schedule | None = None, owned: dict | None = None,
                     accumulate_steps: int = 1,
                     aux_tx: optax.GradientTransformation | None = None):
   """Builds `step(state, batch, teacher_params=()) -> (state, metrics)` (not jitted).
@@ -205,7 +217,7 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
     labels: optional 'train' / 'freeze' label tree over the params; frozen params get
       `stop_gradient` (XLA then skips their gradients) and stay out of the grad norm.
     schedule: the learning-rate schedule, logged as 'learning_rate'.
-    ema_decay: > 0 keeps a parameter average in `state['ema']`.
+    owned: {name: OwnedState} of state techniques keep (`init_state(owned=...)`).
     accumulate_steps: micro-batches per update (the batch must split evenly).
     aux_tx: the optimizer of the terms' own params (`state['aux']`), when any term
       owns some.
@@ -259,7 +271,8 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
     rng = jax.random.fold_in(state['rng'], state['step'])
     (total, parts), (grads, aux_grads) = gradients(
         (state['params'], state.get('aux', {})), batch, rng, tuple(teacher_params))
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    with jax.named_scope(OPTIMIZER_SCOPE):
+      updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     # The norm covers trainable gradients only: reading frozen ones would force XLA to
     # compute them, and they never move a parameter.
@@ -272,8 +285,8 @@ def make_train_step(model, tx: optax.GradientTransformation, terms: Sequence[Any
     if schedule is not None:
       metrics['learning_rate'] = schedule(state['step'])
     new_state = {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
-    if ema_decay:
-      new_state['ema'] = averaging.update(state['ema'], params, state['step'], ema_decay)
+    for name, part in (owned or {}).items():
+      new_state[name] = part.update(state[name], params, state['step'])
     if 'aux' in state:
       if aux_tx is None:
         raise ValueError("the state holds loss terms' params (aux) but make_train_step "

@@ -21,8 +21,9 @@ import re
 from typing import Any, Callable, List, Sequence, Tuple
 
 import jax
-import numpy as np
 import optax
+
+from research.models.sizes import count_params
 
 Rules = Sequence[Tuple[str, str]]
 LABELS = ('train', 'freeze')
@@ -211,15 +212,8 @@ def preset(name: str) -> List[Tuple[str, str]]:
 def count_trainable(params: Any, rules: Rules) -> Tuple[int, int]:
   """Returns ``(trainable, total)`` numbers of scalar parameters."""
   labels = jax.tree.leaves(freeze_labels(params, rules))
-  sizes = [int(np.prod(np.shape(x))) for x in jax.tree.leaves(params)]
+  sizes = [count_params(x) for x in jax.tree.leaves(params)]
   trainable = sum(s for s, lab in zip(sizes, labels) if lab == 'train')
   return trainable, sum(sizes)
 
 
-def optimizer_state_bytes(opt_state: Any) -> int:
-  """Total bytes of the array leaves of an optimizer state (or its eval_shape)."""
-  total = 0
-  for x in jax.tree.leaves(opt_state):
-    if hasattr(x, 'dtype') and hasattr(x, 'shape'):
-      total += int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-  return total

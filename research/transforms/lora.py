@@ -1,116 +1,151 @@
-"""LoRA (Hu et al., 2021) as a pure params transform.
+"""LoRA (Hu et al., 2021): a frozen kernel plus a trained low-rank update, as a projection kind.
 
-:func:`add_lora` creates low-rank factors ``a`` ``[in, r]`` and ``b`` ``[r, out]``
-for every kernel whose path matches a regex; :func:`merge_lora` returns
-``W + (alpha / r) * a @ b``. ``b`` starts at zero, so merging the fresh factors
-reproduces the base model exactly. Train only the LoRA tree by differentiating
-``loss(merge_lora(base, lora, alpha))`` with respect to ``lora``; the base params
-are then constants, so the optimizer state covers the factors only.
+    --config.lora.rank=8 [--config.lora.alpha=16] [--config.lora.targets='.*/attention/(query|value)']
 
-Kernels with more than two axes are flattened to ``[prod(in axes), prod(out axes)]``
-with the input axes leading; by default (:func:`default_in_axes`) that is one
-axis, except ``attention/out/kernel`` ``[heads, head_dim, hidden]`` whose input
-is ``heads x head_dim`` (the layout of research/models/encoder.py).
+A projection of kind `lora:R[:ALPHA]` (`research/models/projections.py`) holds the
+pre-trained dense `kernel` and `bias` and two factors, `lora_a` [in axes..., R]
+(Gaussian, std 1/sqrt(fan in)) and `lora_b` [R, out axes...] (zeros), and computes
 
-Example:
-  >>> base, lora = add_lora(params, rank=8,
-  ...                       targets_regex='.*attention/(query|value)/kernel',
-  ...                       rng=jax.random.PRNGKey(0))
-  >>> merged = merge_lora(base, lora, alpha=16.0)   # == base at init
+    y = x W + b + (ALPHA / R) (x A) B
+
+so a fresh adapter reproduces the pre-trained model exactly. As the trainer technique
+`LORA` (`config.lora.rank` > 0): the sites matching `config.lora.targets` get the kind,
+the factors are initialised fresh on top of the loaded checkpoint (they are the only
+params a pre-trained folder lacks), and only the factors train in the encoder (the
+head and layer mix train as usual; with a freeze preset other than 'full' that preset
+decides the rest, e.g. 'bitfit' also trains the encoder's biases). Frozen params hold
+no optimizer state, so AdamW keeps moments for the factors alone.
+
+Merge on export: `dense_params` gives `W + (ALPHA / R) A B`, which is what
+`projections.densify` (Hugging Face export, `saved_runs.export_run`) writes, so an
+exported LoRA run is a plain model of the base architecture. A run that keeps its
+adapters (model.json names the `lora` kind) restores as itself for `init_from`.
 """
+from __future__ import annotations
+
 import math
 import re
-from typing import Any, Callable, Dict, Tuple, Union
 
-import jax
+import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
-from research.transforms.freeze import map_with_path, param_paths, path_str
+from research import specs
+from research.models import projections
+from research.transforms.technique import Technique
 
-
-def _set(tree: Dict[str, Any], path: str, value: Any) -> None:
-  *parents, last = path.split('/')
-  for key in parents:
-    tree = tree.setdefault(key, {})
-  tree[last] = value
-
-
-def default_in_axes(path: str, shape: Tuple[int, ...]) -> int:
-  """Number of leading input axes of a kernel: all but the last for the
-  attention output projection, else 1."""
-  return len(shape) - 1 if path.endswith('attention/out/kernel') else 1
+# Hu et al. adapt the query and value projections.
+DEFAULT_TARGETS = r'.*/attention/(query|value)'
+FACTORS = r'.*/lora_(a|b)'
 
 
-def add_lora(params: Any, rank: int, targets_regex: str, rng: jax.Array,
-             num_in_axes: Union[int, Callable[[str, Tuple[int, ...]], int]] = default_in_axes,
-             ) -> Tuple[Any, Dict[str, Any]]:
-  """Creates LoRA factors for the kernels whose path matches ``targets_regex``.
-
-  Args:
-    params: params pytree with '/'-joinable keys.
-    rank: LoRA rank r >= 1 (at most the kernel's smaller side).
-    targets_regex: ``re.fullmatch`` over paths, e.g. '.*attention/.*/kernel'.
-    rng: PRNG key for ``a`` (normal with std 1/sqrt(in)); ``b`` is zeros.
-    num_in_axes: leading input axes of each kernel, an int or
-      ``fn(path, shape) -> int`` (default :func:`default_in_axes`).
-  Returns:
-    ``(base_params, lora_params)``: the params unchanged, and a nested dict
-    mirroring the targeted paths, each leaf replaced by ``{'a': .., 'b': ..}``
-    in float32.
-  Raises:
-    ValueError: bad rank, no parameter matched, or a matched leaf under 2-D.
-  """
-  if not isinstance(rank, int) or rank < 1:
-    raise ValueError(f'add_lora: rank must be an int >= 1, got {rank!r}.')
-  regex = re.compile(targets_regex)
-  leaves = {p: x for p, x in zip(param_paths(params), jax.tree.leaves(params))}
-  targets = [p for p in leaves if regex.fullmatch(p)]
-  if not targets:
-    raise ValueError(f'add_lora: no parameter path matches {targets_regex!r}; '
-                     f'e.g. {list(leaves)[:5]}.')
-  lora: Dict[str, Any] = {}
-  for path, key in zip(targets, jax.random.split(rng, len(targets))):
-    shape = jnp.shape(leaves[path])
-    if len(shape) < 2:
-      raise ValueError(f'add_lora: {path!r} has shape {shape}; LoRA needs a '
-                       'kernel with at least 2 axes (did the regex catch a bias?).')
-    k = num_in_axes(path, shape) if callable(num_in_axes) else num_in_axes
-    if not 1 <= k < len(shape):
-      raise ValueError(f'add_lora: num_in_axes={k} invalid for {path!r} of shape {shape}.')
-    fan_in, fan_out = math.prod(shape[:k]), math.prod(shape[k:])
-    if rank > min(fan_in, fan_out):
-      raise ValueError(f'add_lora: rank {rank} exceeds min{(fan_in, fan_out)} '
-                       f'of {path!r}.')
-    a = jax.random.normal(key, (fan_in, rank), jnp.float32) / math.sqrt(fan_in)
-    _set(lora, path, {'a': a, 'b': jnp.zeros((rank, fan_out), jnp.float32)})
-  return params, lora
+def parse_kind(argument: str) -> tuple[int, float]:
+  """'8' -> (8, 8.0); '8:16' -> (8, 16.0): the rank and alpha of `lora:R[:ALPHA]`."""
+  rank_text, _, alpha_text = argument.partition(':')
+  rank = specs.int_arg(f'lora:{rank_text}', 'projection kind')
+  if rank < 1:
+    raise ValueError(f'lora:{argument}: the rank must be >= 1')
+  try:
+    alpha = float(alpha_text) if alpha_text else float(rank)
+  except ValueError:
+    raise ValueError(f'lora:{argument}: alpha {alpha_text!r} is not a number') from None
+  return rank, alpha
 
 
-def merge_lora(base: Any, lora: Dict[str, Any], alpha: float) -> Any:
-  """Returns ``base`` with ``(alpha / r) * a @ b`` added to each targeted kernel.
+def _param(module: nn.Module, name: str, shape, axes, init, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
 
-  Args:
-    base: params pytree.
-    lora: factors from :func:`add_lora` (possibly trained).
-    alpha: LoRA scaling numerator; the update is scaled by ``alpha / rank``.
-  Returns:
-    A new params pytree of the same structure and dtypes as ``base``.
-  Raises:
-    ValueError: a LoRA entry whose path is not in ``base``.
-  """
-  flat, _ = jax.tree_util.tree_flatten_with_path(lora)
-  factors: Dict[str, Dict[str, jax.Array]] = {}
-  for kp, x in flat:
-    *parent, name = path_str(kp).split('/')
-    factors.setdefault('/'.join(parent), {})[name] = x
-  missing = sorted(set(factors) - set(param_paths(base)))
-  if missing:
-    raise ValueError(f'merge_lora: LoRA paths not found in base params: {missing}.')
 
-  def merge(path, w):
-    if path not in factors:
-      return w
-    a, b = factors[path]['a'], factors[path]['b']
-    delta = (alpha / a.shape[1]) * (a @ b)
-    return (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
-  return map_with_path(merge, base)
+def _factor_specs(spec: str, rank_letter: str) -> tuple[str, str]:
+  """The einsums x -> x A [..., R] and (x A) -> (x A) B of a projection spec."""
+  x_idx, _, out_idx = projections.parse_spec(spec)
+  contracted, free = projections.kernel_axes_split(spec)
+  mid = ''.join(i for i in x_idx if i not in contracted) + rank_letter
+  return f'{x_idx},{contracted}{rank_letter}->{mid}', f'{mid},{rank_letter}{free}->{out_idx}'
+
+
+class LoRA(projections.Projection):
+  """The dense kernel and bias (frozen by the technique) plus factors A and B."""
+  rank: int = 8
+  alpha: float = 8.0
+  STORED = ('kernel', 'lora_a', 'lora_b')
+
+  @nn.compact
+  def __call__(self, x):
+    n_in, _ = self._split()
+    fan_in = math.prod(self.kernel_shape[:n_in])
+    fan_out = math.prod(self.kernel_shape[n_in:])
+    if self.rank > min(fan_in, fan_out):
+      raise ValueError(f'{self.site}: lora rank {self.rank} exceeds min({fan_in}, {fan_out})')
+    kernel = _param(self, 'kernel', self.kernel_shape, self.kernel_axes,
+                               self.kernel_init, self.param_dtype)
+    bias = self.bias_param()
+    a = _param(self, 'lora_a', self.kernel_shape[:n_in] + (self.rank,),
+                          self.kernel_axes[:n_in] + ('rank',),
+                          nn.initializers.normal(1.0 / math.sqrt(fan_in)), jnp.float32)
+    b = _param(self, 'lora_b', (self.rank,) + self.kernel_shape[n_in:],
+                          ('rank',) + self.kernel_axes[n_in:], nn.initializers.zeros,
+                          jnp.float32)
+    product = self.product()
+    out_dtype = self.out_dtype or self.dtype
+    x = projections.cast(x, self.dtype)
+    y = product(self.spec, x, projections.cast(kernel, self.dtype), bias=bias,
+                out_dtype=jnp.float32)
+    first, second = _factor_specs(self.spec, next(c for c in 'rzyxwvu' if c not in self.spec))
+    h = product(first, x, projections.cast(a, self.dtype), out_dtype=self.dtype)
+    delta = product(second, h, projections.cast(b, self.dtype), out_dtype=jnp.float32)
+    return (y + (self.alpha / self.rank) * delta).astype(out_dtype)
+
+  @staticmethod
+  def dense_params(params: dict, *, rank: int = 8, alpha: float = 8.0) -> dict:
+    """The merged kernel W + (alpha / R) A B and the bias (merge on export)."""
+    a = np.asarray(params['lora_a'], np.float32)
+    b = np.asarray(params['lora_b'], np.float32)
+    kernel = np.asarray(params['kernel'], np.float32)
+    kernel = kernel + (alpha / rank) * np.tensordot(a, b, axes=1).reshape(kernel.shape)
+    kernel = kernel.astype(np.asarray(params['kernel']).dtype)
+    return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
+
+
+def _kind(argument: str) -> dict:
+  rank, alpha = parse_kind(argument)
+  return {'cls': LoRA, 'rank': rank, 'alpha': alpha}
+
+
+projections.register('lora', _kind)
+
+
+class LowRankAdaptation(Technique):
+  """`config.lora.rank` > 0: LoRA adapters on the `config.lora.targets` projections."""
+  name = 'lora'
+  config_keys = ('lora',)
+
+  def active(self, config) -> bool:
+    return bool(config.lora.rank)
+
+  def check(self, config) -> None:
+    c = config.lora
+    if not isinstance(c.rank, int) or c.rank < 0:
+      raise ValueError(f'config.lora.rank must be an int >= 0 (0 = off), got {c.rank!r}')
+    if c.alpha <= 0:
+      raise ValueError(f'config.lora.alpha must be positive, got {c.alpha}')
+    try:
+      re.compile(c.targets)
+    except re.error as e:
+      raise ValueError(f'config.lora.targets={c.targets!r} is not a valid regex: {e}') from None
+
+  def encoder(self, config, encoder_config):
+    rule = (config.lora.targets, f'lora:{config.lora.rank}:{config.lora.alpha:g}')
+    return encoder_config.replace(projections=(rule,) + tuple(encoder_config.projections))
+
+  def new_params(self, config) -> str:
+    return FACTORS
+
+  def freeze_rules(self, config, rules):
+    own = [(FACTORS, 'train')]
+    if config.freeze == 'full':  # the default: LoRA decides that the encoder is frozen
+      own.append(('encoder/.*', 'freeze'))
+    return own + list(rules)
+
+
+TECHNIQUE = LowRankAdaptation()

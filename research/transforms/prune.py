@@ -53,11 +53,6 @@ class Importance:
   examples: int
 
 
-def count_params(tree) -> int:
-  """Number of scalars in a params tree."""
-  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
 def set_heads(config: EncoderConfig) -> dict[int, int]:
   """Heads of each parameter set whose attention some application runs."""
   return {config.attention_set(i): config.heads(i) for i in range(config.num_layers)}

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from research.transforms.prune import (count_params, importance, lowest_removed, remove,
+from research.models.sizes import count_params
+from research.transforms.prune import (importance, lowest_removed, remove,
                                        removable, set_heads, set_widths)
 
 

@@ -1,32 +1,18 @@
-"""Fake quantization with a straight-through estimator, and QAT through the product seam.
+"""Post-training quantization: calibration, int8 / int4 kernels and the integer path.
 
-    y = fake_quant(x, bits=8, axes=(0,))            # quantize-dequantize, STE gradient
-    config = config.replace(products=qat_rules('w8,a8'))   # quantization-aware training
+    stats = calibrate(model, params, batches)               # each projection's input range
+    config, params = ptq(encoder_config, params, stats, 'mse')   # int8 storage, int8 products
 
-`fake_quant` rounds to a `bits`-bit integer grid and maps back (symmetric: scale =
-max|x| / (2^(b-1) - 1); asymmetric: scale = (max - min) / (2^b - 1) with a zero point),
-with scales over the given reduction axes (per-tensor, per-channel, per-token). The
-gradient passes straight through (Bengio et al. 2013; Jacob et al. 2018), so training
-sees the rounding in the forward pass only.
-
-QAT needs no change to the encoder or trainer: importing this module registers two
-products (`research/models/products.py`):
-  fake_quant:SPEC      for projections: the right operand is the kernel (per output
-                       channel, symmetric), the left the activations;
-  fake_quant_act:SPEC  for products of two activations (attention scores, context);
-and `qat_rules(spec)` returns the product rules for `EncoderConfig.products` (the
-trainer's `--config.quant=w8,a8`). SPEC is comma-separated: 'w<bits>' (weights),
-'a<bits>' (activations; 0 or absent = float), 'asym' (asymmetric activations),
-'token' (one activation scale per token instead of per tensor). The product keeps the
-default's bf16 -> float32 accumulation: it quantizes the operands, then multiplies
-with `mixed_matmul`.
+`calibrate` observes every projection's input through the product seam; `ptq` stores
+each calibrated projection as an `int8` (or packed `int4`) projection kind
+(`research/models/projections.py`) with per-output-channel kernel scales and a static
+input scale, so the encoder multiplies int8 x int8 -> int32 without being edited.
+Quantization-aware training (fake quantization in training) is `qat.py`.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -36,164 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import hooks, mixed_matmul, products, projections
+from research.models import products, projections
 
 Array = jax.Array
-
-# Sites that multiply two activations.
-ATTENTION_PRODUCTS = r'.*/attention/(scores|context)'
-
-
-def fake_quant(x: jax.Array, bits: int, axes: Sequence[int] | None = None,
-               symmetric: bool = True) -> jax.Array:
-  """Quantize-dequantize `x` to `bits` bits; the gradient is the identity (STE).
-
-  Args:
-    x: the array.
-    bits: 2..16.
-    axes: axes the scale is shared over (None = all: one scale per tensor); e.g. the
-      input axes of a kernel give one scale per output channel.
-    symmetric: a zero-centred grid (weights) or a min/max grid with a zero point.
-  """
-  if not 2 <= bits <= 16:
-    raise ValueError(f'fake_quant: bits must be in 2..16, got {bits}')
-  axes = tuple(range(x.ndim)) if axes is None else tuple(a % x.ndim for a in axes)
-  xf = x.astype(jnp.float32)
-  if symmetric:
-    top = 2.0 ** (bits - 1) - 1
-    scale = jnp.max(jnp.abs(xf), axis=axes, keepdims=True) / top
-    scale = jnp.where(scale > 0, scale, 1.0)
-    q = jnp.clip(jnp.round(xf / scale), -top, top) * scale
-  else:
-    levels = 2.0 ** bits - 1
-    lo = jnp.min(xf, axis=axes, keepdims=True)
-    hi = jnp.max(xf, axis=axes, keepdims=True)
-    scale = jnp.where(hi > lo, (hi - lo) / levels, 1.0)
-    zero = jnp.round(-lo / scale)
-    q = (jnp.clip(jnp.round(xf / scale) + zero, 0, levels) - zero) * scale
-  return (xf + jax.lax.stop_gradient(q - xf)).astype(x.dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantSpec:
-  weight_bits: int = 0
-  activation_bits: int = 0
-  asymmetric: bool = False
-  per_token: bool = False
-
-  @classmethod
-  def parse(cls, text: str) -> 'QuantSpec':
-    fields = {}
-    for token in filter(None, (t.strip() for t in text.split(','))):
-      match = re.fullmatch(r'([wa])(\d+)', token)
-      if match:
-        bits = int(match.group(2))
-        if bits and not 2 <= bits <= 16:  # 1 bit: a symmetric grid with no level but 0
-          raise ValueError(f'quantization spec {text!r}: {token!r} asks for {bits} bits; '
-                           'bits must be 0 (float) or in 2..16')
-        fields['weight_bits' if match.group(1) == 'w' else 'activation_bits'] = bits
-      elif token == 'asym':
-        fields['asymmetric'] = True
-      elif token == 'token':
-        fields['per_token'] = True
-      else:
-        raise ValueError(f'quantization spec {text!r}: unknown part {token!r} (expected '
-                         "'w<bits>', 'a<bits>', 'asym', 'token')")
-    return cls(**fields)
-
-
-def _parse_einsum(spec: str) -> tuple[str, str, str]:
-  inputs, out = spec.replace(' ', '').split('->')
-  lhs, rhs = inputs.split(',')
-  return lhs, rhs, out
-
-
-def _activation(x, term: str, other: str, out: str, spec: QuantSpec):
-  if not spec.activation_bits:
-    return x
-  # Per token: the scale is shared over the contracted (feature) axes only.
-  axes = ([i for i, c in enumerate(term) if c in other and c not in out]
-          if spec.per_token else None)
-  return fake_quant(x, spec.activation_bits, axes, symmetric=not spec.asymmetric)
-
-
-def projection_product(text: str) -> products.Product:
-  """The product for projections: kernel per output channel, activations per tensor/token."""
-  spec = QuantSpec.parse(text)
-
-  def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
-    x_term, k_term, out = _parse_einsum(einsum)
-    lhs = _activation(lhs, x_term, k_term, out, spec)
-    if spec.weight_bits:
-      contracted = [i for i, c in enumerate(k_term) if c not in out]
-      rhs = fake_quant(rhs, spec.weight_bits, contracted, symmetric=True)
-    return mixed_matmul.einsum(einsum, lhs, rhs, bias=bias, out_dtype=out_dtype)
-  return product
-
-
-def activation_product(text: str) -> products.Product:
-  """The product for two activations (attention scores and context)."""
-  spec = QuantSpec.parse(text)
-
-  def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
-    a, b, out = _parse_einsum(einsum)
-    lhs, rhs = _activation(lhs, a, b, out, spec), _activation(rhs, b, a, out, spec)
-    return mixed_matmul.einsum(einsum, lhs, rhs, bias=bias, out_dtype=out_dtype)
-  return product
-
-
-products.register('fake_quant', projection_product)
-products.register('fake_quant_act', activation_product)
-
-
-def qat_rules(spec: str, attention: bool = False) -> tuple[tuple[str, str], ...]:
-  """Product rules that fake-quantize every projection (and, optionally, the attention
-  products' activations); embeddings and LayerNorms stay float."""
-  parsed = QuantSpec.parse(spec)  # fail now on a bad spec
-  if not (parsed.weight_bits or parsed.activation_bits):
-    # Otherwise a QAT run would train in float while its config says it is quantized.
-    raise ValueError(f'quantization spec {spec!r} quantizes nothing: give w<bits> and/or '
-                     'a<bits> with bits in 2..16 (e.g. w8,a8)')
-  attention_rule = (ATTENTION_PRODUCTS, f'fake_quant_act:{spec}' if attention else 'default')
-  return (attention_rule, ('.*', f'fake_quant:{spec}'))
-
-
-# -- Fully quantized BERT (Liu, Li & Cheng 2021): the activations between products too --
-
-# Hook sites (`research/models/hooks.py`) a fully quantized model fake-quantizes.
-FULL_QUANT_SITES = (r'(.*/)?(embeddings/output|attention/softmax_(in|out)|mlp/gelu_(in|out)|'
-                    r'(attention_norm|output_norm|final_norm)/(input|output))')
-EMBEDDING_TABLES = r'(.*/)?embeddings/\w+_embeddings/table'
-
-
-def hook(text: str) -> hooks.Hook:
-  """A fake-quantizing hook: 'a<bits>[,asym][,token]' ('token': one scale per row of
-  the last axis, e.g. per embedding row or per token)."""
-  spec = QuantSpec.parse(text)
-  bits = spec.activation_bits or spec.weight_bits
-  if not bits:
-    raise ValueError(f'quantization hook {text!r} names no bits (e.g. a8)')
-  axes = (-1,) if spec.per_token else None
-  return lambda x: fake_quant(x, bits, axes, symmetric=not spec.asymmetric)
-
-
-hooks.register('fake_quant', hook)
-
-
-def full_quant_rules(spec: str) -> tuple[tuple[str, str], ...]:
-  """Hook rules that, with `qat_rules(spec, attention=True)`, fake-quantize everything
-  fully quantized BERT does: embedding tables (per row), the embedding output, the
-  softmax input and output (the output on an asymmetric grid: it is never negative),
-  the GELU input and output and every LayerNorm's input and output, all at the spec's
-  activation bits (weight bits for the tables)."""
-  parsed = QuantSpec.parse(spec)
-  bits = parsed.activation_bits or 8
-  table_bits = parsed.weight_bits or bits
-  act = f'a{bits}' + (',asym' if parsed.asymmetric else '')
-  return ((EMBEDDING_TABLES, f'fake_quant:a{table_bits},token'),
-          (r'.*/attention/softmax_out', f'fake_quant:a{bits},asym'),
-          (FULL_QUANT_SITES, f'fake_quant:{act}'))
-
 
 # -- Post-training quantization: calibration, int8 storage and the integer path ---------
 
@@ -286,6 +117,7 @@ class Int8(projections.Projection):
   the same quantized values are multiplied in float32 (the fake-quantized reference).
   """
   integer: bool = True
+  STORED = ('qkernel',)
 
   @nn.compact
   def weights(self) -> tuple[Array, Array, Array, Array | None]:
@@ -335,7 +167,7 @@ class Int8(projections.Projection):
     return y.astype(out_dtype)
 
   @staticmethod
-  def dense_params(params: dict) -> dict:
+  def dense_params(params: dict, **kind_fields) -> dict:
     """The dequantized kernel (the input's static grid has no dense equivalent)."""
     kernel = np.asarray(params['qkernel'], np.float32) * np.asarray(params['kernel_scale'])
     return {'kernel': kernel, **({'bias': params['bias']} if 'bias' in params else {})}
@@ -368,6 +200,7 @@ class Int4(Int8):
   kernel's shape with its last input axis halved, holds two 4-bit values per byte
   (`pack_int4`), unpacked to int8 at use; scales, input quantization and products as
   `Int8`."""
+  STORED = ('qkernel_int4',)
 
   @nn.compact
   def weights(self) -> tuple[Array, Array, Array, Array | None]:
@@ -385,7 +218,7 @@ class Int4(Int8):
     return unpack_int4(packed, n_in - 1), kernel_scale, input_scale, self.bias_param()
 
   @staticmethod
-  def dense_params(params: dict) -> dict:
+  def dense_params(params: dict, **kind_fields) -> dict:
     scale = np.asarray(params['kernel_scale'])
     packed = np.asarray(params['qkernel_int4'])
     q = unpack_int4(jnp.asarray(packed), packed.ndim - scale.ndim - 1)

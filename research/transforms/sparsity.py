@@ -51,6 +51,7 @@ import numpy as np
 import optax
 
 from research.transforms.freeze import map_with_path, path_str
+from research.transforms.technique import Technique
 
 METHODS = ('magnitude', 'movement')
 SCOPES = ('layer', 'global')
@@ -251,19 +252,61 @@ def from_config(config: Any, optimizer: optax.GradientTransformation,
   Returns:
     ``optimizer`` itself when target is 0, else the pruning wrapper.
   """
-  cfg = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
-  _check_range('target', cfg['target'])
+  cfg = {**SPARSITY_DEFAULTS, **(config.to_dict() if hasattr(config, 'to_dict') else config)}
+  _check_config(cfg)
   if not cfg['target']:
     return optimizer
+  begin_step, end_step = round(cfg['begin'] * total_steps), round(cfg['end'] * total_steps)
+  schedule = polynomial_schedule(cfg['initial'], cfg['target'], begin_step, end_step)
+  return with_pruning(optimizer, schedule, begin_step=begin_step, end_step=end_step,
+                      frequency=cfg['frequency'], sites=cfg['sites'] or DEFAULT_SITES,
+                      method=cfg['method'], scope=cfg['scope'])
+
+
+# The trainer's `config.sparsity` block: target = final sparsity of each site (0.0 = off),
+# reached by Zhu & Gupta's cubic schedule between the begin and end fractions of
+# training, masks recomputed every `frequency` steps; method 'magnitude' | 'movement';
+# scope 'layer' | 'global' threshold; sites a regex over param paths ('' = the dense
+# kernels of the encoder's attention and MLP projections); initial sparsity at begin.
+SPARSITY_DEFAULTS = {'target': 0.0, 'method': 'magnitude', 'begin': 0.1, 'end': 0.7,
+                     'frequency': 10, 'sites': '', 'scope': 'layer', 'initial': 0.0}
+
+
+def _check_config(cfg: dict) -> None:
+  _check_range('target', cfg['target'])
+  _check_range('initial', cfg['initial'])
   begin, end = cfg['begin'], cfg['end']
   if not 0.0 <= begin <= end <= 1.0:
     raise ValueError(f'sparsity: need 0 <= begin <= end <= 1 (fractions of training), got '
                      f'begin={begin!r}, end={end!r}.')
-  begin_step, end_step = round(begin * total_steps), round(end * total_steps)
-  schedule = polynomial_schedule(cfg.get('initial', 0.0), cfg['target'], begin_step, end_step)
-  return with_pruning(optimizer, schedule, begin_step=begin_step, end_step=end_step,
-                      frequency=cfg['frequency'], sites=cfg['sites'] or DEFAULT_SITES,
-                      method=cfg['method'], scope=cfg.get('scope', 'layer'))
+  if cfg['method'] not in METHODS:
+    raise ValueError(f'sparsity: method must be one of {METHODS}, got {cfg["method"]!r}.')
+  if cfg['scope'] not in SCOPES:
+    raise ValueError(f'sparsity: scope must be one of {SCOPES}, got {cfg["scope"]!r}.')
+  if not isinstance(cfg['frequency'], int) or cfg['frequency'] < 1:
+    raise ValueError(f'sparsity: frequency must be an int >= 1, got {cfg["frequency"]!r}.')
+
+
+class GradualPruning(Technique):
+  """`config.sparsity.target` > 0: unstructured pruning during training, masks in the
+  optimizer state (`from_config`), inside the freezing partition."""
+  name = 'sparsity'
+  config_keys = ('sparsity',)
+
+  def active(self, config) -> bool:
+    return bool(config.sparsity.target)
+
+  def check(self, config) -> None:
+    _check_config(config.sparsity.to_dict())
+    if config.sparsity.target and config.ema_decay:
+      raise ValueError('config.sparsity.target > 0 needs config.ema_decay = 0: the average '
+                       'of the params is not sparse')
+
+  def optimizer(self, config, tx, total_steps):
+    return from_config(config.sparsity, tx, total_steps)
+
+
+TECHNIQUE = GradualPruning()
 
 
 def sparsity_report(params: Any, sites: str = DEFAULT_SITES) -> dict[str, float]:

@@ -10,6 +10,7 @@ from research.testing import bert_like_params
 from research.train import optimizers as opt
 from research.train import schedules
 from research.transforms import freeze
+from research.models.sizes import param_bytes
 
 L, H, V = 2, 4, 10
 
@@ -172,7 +173,7 @@ def test_gradual_unfreezing_keeps_params_bit_identical_but_holds_state():
     if not path.startswith('pooler/'):
       assert np.array_equal(enc_old[path], enc_new[path]), path
   total = sum(x.size for x in jax.tree.leaves(params))
-  assert freeze.optimizer_state_bytes(state) >= 8 * total  # moments for everything
+  assert param_bytes(state) >= 8 * total  # moments for everything
 
 
 # --- clipping, accumulation, LAMB --------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pretrain
-from research.train import build, saved_runs, trainer
+from research.train import build, saved_runs, source, trainer
 from research.train.build import build_model
 from research.train.defaults import trainer_defaults
 from research.train.metric_writer import read_metrics
@@ -66,7 +66,7 @@ def test_mlm_pretraining_resumes_and_seeds_a_fine_tune(tiny_model, lines, synthe
   # The run seeds a fine-tune: encoder carried over, the MLM head dropped for a fresh one.
   glue = trainer_defaults()
   glue.task, glue.data_dir, glue.init_from = 'sst2', str(synthetic_root) + '/glue', str(workdir)
-  _, encoder_config, _ = trainer.load_source(glue)
+  encoder_config = source.load_source(trainer.check_config(glue)).encoder
   model = build_model(glue, tasks.get_task('sst2'), encoder_config)
   dummy = np.zeros((1, 8), np.int32)
   fresh = nn.meta.unbox(model.init(jax.random.PRNGKey(0), dummy, np.ones_like(dummy))['params'])

@@ -274,7 +274,7 @@ def test_accumulation_weighs_micro_batches_by_their_tokens(token_loss):
 
 def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   """low_rank and share write runs that load, score and start the next run."""
-  from experiments import transform  # pylint: disable=g-import-not-at-top
+  from research.runs import transform  # pylint: disable=g-import-not-at-top
   trainer.train_and_evaluate(config(pooling='pooler'), tmp_path / 'base')
   low = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'low'),
                                 'low_rank', rank=4, sites=r'layer_\d+/mlp/.*')
@@ -289,8 +289,8 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   int8 = transform.transform_run(f'{tmp_path / "base"}:latest', str(tmp_path / 'int8'), 'ptq',
                                  calibration='mse', calibration_examples=32)
   assert int8['sites']['sites'] == 12
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
-  scores = evaluate.score_runs([str(tmp_path / 'base'), str(tmp_path / 'int8')], 'latest')
+  from research.runs import scoring  # pylint: disable=g-import-not-at-top
+  scores = scoring.score_runs([str(tmp_path / 'base'), str(tmp_path / 'int8')], 'latest')
   base_acc = scores['runs'][str(tmp_path / 'base')]['accuracy']
   assert abs(scores['runs'][str(tmp_path / 'int8')]['accuracy'] - base_acc) <= 10.0
   # Compressed runs export as the dense kernels they stand for; transformers loads them.
@@ -326,12 +326,12 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
 
 def test_quantization_aware_training_is_a_config_of_the_same_trainer(config, tmp_path):
   """--config.quant=w8,a8: the model's products fake-quantize; the run reloads as QAT."""
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  from research.runs import scoring  # pylint: disable=g-import-not-at-top
   result = trainer.train_and_evaluate(config(quant='w8,a8'), tmp_path / 'qat')
   described = json.loads((tmp_path / 'qat' / 'model.json').read_text())
   assert ['.*', 'fake_quant:w8,a8'] in described['encoder']['products']
   assert np.isfinite(read_metrics(tmp_path / 'qat', 'train')[-1]['loss'])
-  rescored = evaluate.score_runs([str(tmp_path / 'qat')], which='latest')
+  rescored = scoring.score_runs([str(tmp_path / 'qat')], which='latest')
   assert rescored['runs'][str(tmp_path / 'qat')]['accuracy'] == pytest.approx(
       result['final']['accuracy'])
   with pytest.raises(ValueError, match='quantization spec'):

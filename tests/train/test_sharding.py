@@ -56,7 +56,9 @@ _FOUR_DEVICES = textwrap.dedent('''
     from research.models.heads import TaskModel
     from research.objectives import Classification
     from research.train import sharding
+    from research.train import averaging
     from research.train.step import init_state
+    from research.train.defaults import trainer_defaults
     from research.transforms import freeze, sparsity
 
     config = EncoderConfig(vocab_size=128, hidden_size=32, num_layers=1, num_heads=2,
@@ -72,7 +74,9 @@ _FOUR_DEVICES = textwrap.dedent('''
     tx = sparsity.with_pruning(optax.adamw(1e-3), sparsity.polynomial_schedule(0, 0.5, 0, 10),
                                begin_step=0, end_step=10)
     tx = freeze.with_freezing(tx, params, freeze.preset('frozen_embeddings'))
-    state = init_state(params, tx, 0, ema_decay=0.9)
+    ema = trainer_defaults()
+    ema.ema_decay = 0.9
+    state = init_state(params, tx, 0, owned={'ema': averaging.TECHNIQUE.state(ema)})
     by_path = {sharding._names(p): (x.shape, x.sharding.spec)
                for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     checked = split = 0

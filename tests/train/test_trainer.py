@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from research.objectives import Classification
-from research.train import trainer
+from research.train import run_config, trainer
 from research.train.defaults import trainer_defaults
 from research.train.metric_writer import read_metrics
 
@@ -242,9 +242,9 @@ def test_tagging_and_span_tasks_train_and_score(tiny_model, tmp_path, task, spli
   config.max_length, config.pad_multiple, config.doc_stride = 128, 128, 32
   result = trainer.train_and_evaluate(config, tmp_path)
   assert metric in result['final'] and 0 <= result['final'][metric] <= 100
-  # experiments/evaluate.py re-scores the best checkpoint to the trainer's figure.
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
-  rescored = evaluate.score_runs([str(tmp_path)])['runs'][str(tmp_path)]
+  # research/runs/scoring.py (experiments/evaluate.py) re-scores the best checkpoint to the trainer's figure.
+  from research.runs import scoring  # pylint: disable=g-import-not-at-top
+  rescored = scoring.score_runs([str(tmp_path)])['runs'][str(tmp_path)]
   assert rescored[metric] == pytest.approx(result['best']['score'])
 
 
@@ -264,31 +264,31 @@ def test_ema_is_evaluated_checkpointed_and_resumed(tiny_model, tmp_path):
 
 def test_config_is_saved_and_a_changed_resume_keeps_the_original(tiny_model, tmp_path):
   config = tiny_config(tiny_model)
-  assert trainer.save_config(config, str(tmp_path)) == str(tmp_path / 'config.json')
+  assert run_config.save(config, str(tmp_path)) == str(tmp_path / 'config.json')
   original = (tmp_path / 'config.json').read_text()
   assert json.loads(original)['model'] == tiny_model
-  assert trainer.save_config(config, str(tmp_path)) == str(tmp_path / 'config.json')  # same
+  assert run_config.save(config, str(tmp_path)) == str(tmp_path / 'config.json')  # same
   changed = tiny_config(tiny_model, total_steps=12)
-  assert trainer.save_config(changed, str(tmp_path)) == str(tmp_path / 'config.1.json')
+  assert run_config.save(changed, str(tmp_path)) == str(tmp_path / 'config.1.json')
   assert (tmp_path / 'config.json').read_text() == original
   assert json.loads((tmp_path / 'config.1.json').read_text())['total_steps'] == 12
 
 
 def test_evaluate_rescores_saved_runs_and_their_ensemble(tiny_model, tmp_path):
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  from research.runs import scoring  # pylint: disable=g-import-not-at-top
   result = trainer.train_and_evaluate(tiny_config(tiny_model, ema_decay=0.9), tmp_path / 'run')
   assert (tmp_path / 'run' / 'config.json').is_file()
   run = str(tmp_path / 'run')
-  scores = evaluate.score_runs([run])
+  scores = scoring.score_runs([run])
   # The best checkpoint re-scored from disk gives what the trainer measured for it.
   assert scores['runs'][run]['step'] == result['best']['step']
   assert scores['runs'][run]['accuracy'] == pytest.approx(result['best']['score'])
   assert 'ensemble' not in scores
   # The latest checkpoint holds the EMA, which is what the trainer evaluated at the end.
-  latest = evaluate.score_runs([run], which='latest')['runs'][run]
+  latest = scoring.score_runs([run], which='latest')['runs'][run]
   assert latest['step'] == 6 and latest['accuracy'] == pytest.approx(result['final']['accuracy'])
   # An ensemble of a run with itself averages identical outputs: the run's own score.
-  both = evaluate.score_runs([run, run])
+  both = scoring.score_runs([run, run])
   assert both['ensemble']['accuracy'] == pytest.approx(scores['runs'][run]['accuracy'])
 
   other = tmp_path / 'other_task'
@@ -296,12 +296,12 @@ def test_evaluate_rescores_saved_runs_and_their_ensemble(tiny_model, tmp_path):
   config = json.loads((other / 'config.json').read_text())
   (other / 'config.json').write_text(json.dumps({**config, 'task': 'mrpc'}))
   with pytest.raises(ValueError, match='one task and split'):
-    evaluate.score_runs([run, str(other)])
+    scoring.score_runs([run, str(other)])
 
   (tmp_path / 'run' / 'config.json').unlink()
   with pytest.raises(FileNotFoundError, match='--config'):
-    evaluate.score_runs([run])
-  assert evaluate.score_runs([run], fallback_config=tiny_config(tiny_model))['runs'][run] == \
+    scoring.score_runs([run])
+  assert scoring.score_runs([run], fallback_config=tiny_config(tiny_model))['runs'][run] == \
       scores['runs'][run]
 
 

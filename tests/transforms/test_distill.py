@@ -173,7 +173,9 @@ def test_intermediate_distillation_in_the_trainer(distill_runs):
 
 def test_intermediate_distillation_config_errors(distill_runs):
   from research.models import EncoderConfig  # pylint: disable=g-import-not-at-top
-  from research.train import trainer  # pylint: disable=g-import-not-at-top
+  from research.train import distillation, trainer  # pylint: disable=g-import-not-at-top
+  from research.train.step import TaskLoss  # pylint: disable=g-import-not-at-top
+  from research.transforms.technique import Setup  # pylint: disable=g-import-not-at-top
   _, base, _, _, _ = distill_runs
   config = base.copy_and_resolve_references()
   config.distill.hidden_weight = 1.0
@@ -188,11 +190,13 @@ def test_intermediate_distillation_config_errors(distill_runs):
   config.distill.attention_weight, config.distill.layer_map = 1.0, '0,7'
   teacher, student = EncoderConfig(**TEACHER_ENCODER), EncoderConfig(
       **{**TEACHER_ENCODER, 'num_layers': 2})
+  setup = Setup(None, Classification(), None, student, [], '')
+  terms = lambda: distillation.TECHNIQUE.loss_terms(
+      config, setup, [TaskLoss(Classification())], [teacher])
   with pytest.raises(ValueError, match=r'teacher layer\(s\) \[7\]'):
-    trainer.loss_terms(config, Classification(), student, [teacher], in_step=True)
+    terms()
   config.distill.layer_map = 'uniform'
-  names = [t.name for t in trainer.loss_terms(config, Classification(), student, [teacher],
-                                               in_step=True)]
+  names = [t.name for t in terms()]
   assert names == ['task_loss', 'distill_loss', 'hidden_loss', 'attention_loss']
 
 

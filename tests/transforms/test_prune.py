@@ -11,6 +11,7 @@ import pytest
 from research.models import EncoderConfig, Encoder
 from research.models.heads import TaskModel
 from research.objectives import Classification
+from research.models.sizes import count_params
 from research.transforms import low_rank, prune, prune_iterative
 
 CONFIG = EncoderConfig(vocab_size=60, hidden_size=16, num_layers=2, num_heads=4,
@@ -98,7 +99,7 @@ def test_masked_model_equals_the_physically_pruned_one(params):
   # 6 heads (Q, K, V kernels and biases, out rows) and 29 + 32 neurons (in column,
   # bias, out row) go; layer 1's FFN keeps its output bias.
   removed = 6 * (3 * (16 * 4 + 4) + 4 * 16) + (29 + 32) * (16 + 1 + 16)
-  assert prune.count_params(params) - prune.count_params(pruned) == removed
+  assert count_params(params) - count_params(pruned) == removed
   # Encoder-only params work too, and removing nothing changes nothing.
   same_config, same = prune.remove(CONFIG, params['encoder'])
   assert same_config == CONFIG
@@ -174,7 +175,7 @@ def test_iterative_pruning_stops_below_the_ratio(params):
   assert all(a['params'] > b['params'] for a, b in zip(curve, curve[1:]))
   # The result is the last accepted round's, physically pruned.
   assert sum(prune.set_heads(model.encoder).values()) == 6
-  assert prune.count_params(pruned) == curve[1]['params']
+  assert count_params(pruned) == curve[1]['params']
   batch = make_batch(0)
   out, _ = model.apply({'params': pruned}, batch['input_ids'], batch['attention_mask'])
   assert np.isfinite(np.asarray(out)).all()

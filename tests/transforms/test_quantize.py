@@ -1,4 +1,4 @@
-"""Fake quantization (STE) and QAT through the product seam (research/transforms/quantize.py)."""
+"""Fake quantization (STE) and QAT through the product seam (research/transforms/qat.py, quantize.py)."""
 from __future__ import annotations
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from research.models import Encoder, EncoderConfig, init_params, products, projections
-from research.transforms import quantize
+from research.transforms import qat, quantize
 
 CONFIG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
                        intermediate_size=64, max_position_embeddings=32, hidden_dropout=0.0,
@@ -17,27 +17,27 @@ CONFIG = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
 def test_symmetric_grid_error_and_straight_through_gradient():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), jnp.float32)
   for bits in (8, 4, 2):
-    q = quantize.fake_quant(x, bits)
+    q = qat.fake_quant(x, bits)
     step = float(jnp.abs(x).max()) / (2 ** (bits - 1) - 1)
     assert float(jnp.abs(q - x).max()) <= step / 2 + 1e-6  # round to nearest level
     assert len(np.unique(np.asarray(q))) <= 2 ** bits - 1
-  grad = jax.grad(lambda v: (quantize.fake_quant(v, 4) * jnp.arange(8.0)).sum())(x)
+  grad = jax.grad(lambda v: (qat.fake_quant(v, 4) * jnp.arange(8.0)).sum())(x)
   np.testing.assert_array_equal(grad, jnp.broadcast_to(jnp.arange(8.0), x.shape))
 
 
 def test_per_channel_scales_and_asymmetric_grids():
   # Column 1 is 1000x larger: one scale per column keeps column 0 precise.
   x = jnp.stack([jnp.linspace(-1, 1, 11), 1000 * jnp.linspace(-1, 1, 11)], 1)
-  per_tensor = quantize.fake_quant(x, 8)
-  per_channel = quantize.fake_quant(x, 8, axes=(0,))
+  per_tensor = qat.fake_quant(x, 8)
+  per_channel = qat.fake_quant(x, 8, axes=(0,))
   assert float(jnp.abs(per_channel[:, 0] - x[:, 0]).max()) < 1e-2
   assert float(jnp.abs(per_tensor[:, 0] - x[:, 0]).max()) > 0.5  # all rounded to 0
   # Asymmetric: values in [10, 11] keep 255 levels where a symmetric grid keeps ~12.
   y = jnp.linspace(10.0, 11.0, 100)
-  assert float(jnp.abs(quantize.fake_quant(y, 8, symmetric=False) - y).max()) < 0.5 / 255 + 1e-5
-  assert float(jnp.abs(quantize.fake_quant(y, 8) - y).max()) > 0.02
+  assert float(jnp.abs(qat.fake_quant(y, 8, symmetric=False) - y).max()) < 0.5 / 255 + 1e-5
+  assert float(jnp.abs(qat.fake_quant(y, 8) - y).max()) > 0.02
   with pytest.raises(ValueError, match='bits must be in 2..16'):
-    quantize.fake_quant(y, 1)
+    qat.fake_quant(y, 1)
 
 
 def test_qat_rules_quantize_projections_and_optionally_attention():
@@ -46,7 +46,7 @@ def test_qat_rules_quantize_projections_and_optionally_attention():
   dense, _ = Encoder(CONFIG).apply({'params': params}, ids)
   outs = {}
   for spec in ('w8,a8', 'w2,a2', 'a8,token,asym'):
-    config = CONFIG.replace(products=quantize.qat_rules(spec))
+    config = CONFIG.replace(products=qat.qat_rules(spec))
     with products.recording() as sites:
       outs[spec], _ = Encoder(config).apply({'params': params}, ids)
     used = dict(sites)
@@ -56,12 +56,12 @@ def test_qat_rules_quantize_projections_and_optionally_attention():
       a, axis=-1) / np.linalg.norm(b, axis=-1)))
   assert cosine(outs['w8,a8'], dense) > 0.999
   assert cosine(outs['w2,a2'], dense) < cosine(outs['w8,a8'], dense)
-  config = CONFIG.replace(products=quantize.qat_rules('w8,a8', attention=True))
+  config = CONFIG.replace(products=qat.qat_rules('w8,a8', attention=True))
   with products.recording() as sites:
     Encoder(config).apply({'params': params}, ids)
   assert dict(sites)['layer_1/attention/context'] == 'fake_quant_act:w8,a8'
   with pytest.raises(ValueError, match="unknown part 'x8'"):
-    quantize.qat_rules('w8,x8')
+    qat.qat_rules('w8,x8')
 
 
 def _batches(n=3, seed=0):
@@ -85,14 +85,14 @@ def test_calibration_statistics_of_every_projection_input():
 def test_ptq_of_a_qat_model_drops_its_fake_quant_projection_products():
   # The QAT run's model carries fake-quant product rules; after PTQ the int8 kernels do
   # that quantization for real, and the rules must not wrap the integer products.
-  qat = CONFIG.replace(products=quantize.qat_rules('w8,a8', attention=True))
-  params = init_params(qat, jax.random.PRNGKey(0))
-  stats = quantize.calibrate(Encoder(qat), params, _batches())
-  config, qparams = quantize.ptq(qat, params, stats, 'max')
+  qat_config = CONFIG.replace(products=qat.qat_rules('w8,a8', attention=True))
+  params = init_params(qat_config, jax.random.PRNGKey(0))
+  stats = quantize.calibrate(Encoder(qat_config), params, _batches())
+  config, qparams = quantize.ptq(qat_config, params, stats, 'max')
   assert not [r for r in config.products if r[1].startswith('fake_quant:')]
   assert [r for r in config.products if r[1].startswith('fake_quant_act:')]  # attention
   plain, _ = quantize.ptq(CONFIG.replace(products=tuple(
-      r for r in qat.products if not r[1].startswith('fake_quant:'))), params, stats, 'max')
+      r for r in qat_config.products if not r[1].startswith('fake_quant:'))), params, stats, 'max')
   ids = next(_batches(1, seed=5))['input_ids']
   np.testing.assert_array_equal(Encoder(config).apply({'params': qparams}, ids)[0],
                                 Encoder(plain).apply({'params': qparams}, ids)[0])
@@ -187,15 +187,15 @@ def test_fully_quantized_bert_reaches_every_hook_site_and_trains():
   ids = next(_batches(1, seed=3))['input_ids']
   params = init_params(CONFIG, jax.random.PRNGKey(0))
   tagged = tuple((pattern, 'seen_for_test:' + pattern) for pattern, _ in
-                 quantize.full_quant_rules('w8,a8'))
+                 qat.full_quant_rules('w8,a8'))
   Encoder(CONFIG.replace(hooks=tagged)).apply({'params': params}, ids)
   counts = {pattern: seen.count(pattern) for pattern, _ in tagged}
-  assert counts[quantize.EMBEDDING_TABLES] == 3  # word, position, token type
+  assert counts[qat.EMBEDDING_TABLES] == 3  # word, position, token type
   assert counts[r'.*/attention/softmax_out'] == CONFIG.num_layers
   # Embedding output, then per layer softmax input, GELU in/out, 2 LayerNorms in/out.
-  assert counts[quantize.FULL_QUANT_SITES] == 1 + 7 * CONFIG.num_layers
-  full = CONFIG.replace(products=quantize.qat_rules('w8,a8', attention=True),
-                        hooks=quantize.full_quant_rules('w8,a8'))
+  assert counts[qat.FULL_QUANT_SITES] == 1 + 7 * CONFIG.num_layers
+  full = CONFIG.replace(products=qat.qat_rules('w8,a8', attention=True),
+                        hooks=qat.full_quant_rules('w8,a8'))
   float_out, _ = Encoder(CONFIG).apply({'params': params}, ids)
   quant_out, _ = Encoder(full).apply({'params': params}, ids)
   assert not np.allclose(float_out, quant_out, atol=1e-6)
@@ -210,14 +210,14 @@ def test_fully_quantized_bert_reaches_every_hook_site_and_trains():
   assert norms['embeddings/word_embeddings/embedding'] > 0
   assert norms['layer_1/mlp/intermediate/kernel'] > 0
   with pytest.raises(ValueError, match='names no bits'):
-    quantize.hook('asym')
+    qat.hook('asym')
 
 
 def test_16_bit_fake_quantization_is_nearly_the_identity():
   x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 32)), jnp.float32)
   for axes in (None, (0,)):
     for symmetric in (True, False):
-      q = quantize.fake_quant(x, 16, axes, symmetric=symmetric)
+      q = qat.fake_quant(x, 16, axes, symmetric=symmetric)
       # Half a step of the 16-bit grid: max|x| / 32767 (symmetric), range / 65535.
       top = float(jnp.abs(x).max())
       step = top / (2 ** 15 - 1) if symmetric else 2 * top / (2 ** 16 - 1)
@@ -229,21 +229,21 @@ def test_16_bit_fake_quantization_is_nearly_the_identity():
 def test_bad_bit_widths_are_named_errors(bits):
   x = jnp.ones((4, 4))
   with pytest.raises(ValueError, match=f'bits must be in 2..16, got {bits}'):
-    quantize.fake_quant(x, bits)
+    qat.fake_quant(x, bits)
   if bits:  # in a spec, 0 bits means float; 1 and 33 have no grid
     for spec in (f'w{bits}', f'w8,a{bits}'):
       with pytest.raises(ValueError, match=f"asks for {bits} bits; bits must be 0"):
-        quantize.QuantSpec.parse(spec)
+        qat.QuantSpec.parse(spec)
       with pytest.raises(ValueError, match=f"'{spec}'"):  # what --config.quant parses
-        quantize.qat_rules(spec)
+        qat.qat_rules(spec)
     with pytest.raises(ValueError, match=f'asks for {bits} bits'):
-      quantize.hook(f'a{bits}')
+      qat.hook(f'a{bits}')
   else:
     # A QAT spec whose bits are all 0 would train in float under a quantized name.
     for spec in ('w0', 'w0,a0', 'asym'):
       with pytest.raises(ValueError, match='quantizes nothing'):
-        quantize.qat_rules(spec)
-    assert quantize.QuantSpec.parse('w0,a8') == quantize.QuantSpec(activation_bits=8)
+        qat.qat_rules(spec)
+    assert qat.QuantSpec.parse('w0,a8') == qat.QuantSpec(activation_bits=8)
 
 
 def _fake_stats(value=1.0):

@@ -102,7 +102,7 @@ def test_truncating_the_hidden_size_keeps_leading_coordinates(params):
 
 
 def test_transform_writes_a_student_run(tmp_path, params):
-  from experiments import transform  # pylint: disable=g-import-not-at-top
+  from research.runs import transform  # pylint: disable=g-import-not-at-top
   from research.train import saved_runs  # pylint: disable=g-import-not-at-top
   from research.train.defaults import trainer_defaults  # pylint: disable=g-import-not-at-top
   model = TaskModel(CONFIG, Classification(num_labels=2))
@@ -119,5 +119,5 @@ def test_transform_writes_a_student_run(tmp_path, params):
   narrow = transform.transform_run(str(tmp_path / 'student'), str(tmp_path / 'narrow'),
                                    'truncate_width', num_heads=1, hidden_size=8)
   assert saved_runs.load_run(narrow['out']).model.encoder.hidden_size == 8
-  with pytest.raises(ValueError, match='needs --layers'):
+  with pytest.raises(ValueError, match='needs layers'):
     transform.transform_run(str(tmp_path / 'teacher'), str(tmp_path / 'x'), 'select_layers')
