@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # and older glibc ignore it; a value already in the environment wins.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: install run test bench bench-finetune refresh-constraints clean
+.PHONY: install run test test-fast notebooks bench bench-finetune refresh-constraints clean
 
 # constraints.txt pins every package to the versions the tests pass with.
 $(STAMP): pyproject.toml Makefile constraints.txt
@@ -35,6 +35,17 @@ run: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
+
+# The edit-test loop: every test but the end-to-end ones marked slow (notebooks, whole
+# studies and pipelines, subprocess trainer runs; tests/conftest.py lists them); CI keeps
+# running `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile -m 'not slow'
+
+# Re-executes the notebooks at their CPU size and stores them with their outputs
+# (tables and figures show on the repository page); NOTEBOOK_TINY=1 for a smoke run.
+notebooks: $(STAMP)
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupyter-execute --inplace --timeout=-1 notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference_cpu.py

@@ -25,34 +25,16 @@ speed) and one JSON line. Expected numbers: docs/results.md, "FastFormers pipeli
 
 Arguments: cpu_budget, runlocal.
 """
-import ml_collections
+from research import specs
+from research.runs import fastformers
 
 
 def get_config(arg=None):
-  args = set(filter(None, (arg or '').split(',')))
+  args = set(specs.items(arg or '', what='fastformers arguments'))
   unknown = args - {'cpu_budget', 'runlocal'}
   if unknown:
     raise ValueError(f'unknown arguments {sorted(unknown)}; known: cpu_budget, runlocal')
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  # Students, ';'-separated; each `layers=<teacher layers>` with optional `heads=`,
-  # `ffn=`, `hidden=` (leading heads / units / coordinates kept; student_init.py).
-  c.students = 'layers=1,3,5;layers=2,5'
-  # Distillation: frozen teacher in the step, soft targets (alpha, temperature) and
-  # TinyBERT hidden-state MSE on uniformly mapped layers.
-  c.distill = ml_collections.ConfigDict({
-      'steps': 1200, 'learning_rate': 1e-4, 'alpha': 0.9, 'temperature': 2.0,
-      'hidden_weight': 1.0, 'attention_weight': 0.0, 'layer_map': 'uniform'})
-  # Structured pruning of each distilled student; recovery = distillation steps after.
-  c.prune = ml_collections.ConfigDict({
-      'heads_fraction': 0.3, 'ffn_fraction': 0.3, 'importance_examples': 512,
-      'recovery_steps': 300})
-  c.quantize = ml_collections.ConfigDict({'calibration': 'max', 'examples': 512})
-  # Speed: dev sentences timed (0 = all), batch sizes, alternated rounds, and whether
-  # transformers + PyTorch runs the teacher as well.
-  c.speed = ml_collections.ConfigDict({
-      'sentences': 0, 'batch_sizes': '1,32', 'rounds': 3, 'torch': True})
-  c.eval_examples = 0  # dev examples scored (0 = all)
+  c = fastformers.defaults()
   if 'cpu_budget' in args:  # the main job's tail: one student, short stages
     c.students = 'layers=1,3,5'
     c.distill.steps = 300

@@ -22,37 +22,13 @@ so the feature extractor skips the encoder's backward pass; BitFit and bottom-k 
 compute it). The frozen-encoder head is under-trained at this budget: a linear probe
 on all 67k sentences reaches ~80.7 (experiments/configs/layer_probe.py).
 """
-import ml_collections
-
 from experiments.configs import common
+from research.runs import freezing
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, model='minilm-l6', runlocal=False)
-  c = ml_collections.ConfigDict()
-  c.model = args.model
-  c.data_dir = common.default_data_dir('glue')  # '' = TFDS
-  # Comma-separated `research.transforms.freeze.preset` names, run in this order.
-  c.presets = 'full,feature_extractor,bitfit,bottom:3'
-  # Learning rate per preset kind (the name before ':'). Feature extractor and BitFit
-  # train few parameters that start far from a solution (a zero-mean random head,
-  # biases), so they need a ~10x larger rate; the others use the usual fine-tuning rate.
-  c.lr = ml_collections.ConfigDict({
-      'full': 1e-4, 'feature_extractor': 1e-3, 'bitfit': 1e-3,
-      'frozen_embeddings': 1e-4, 'bottom': 1e-4})
-  # The budget every preset shares (fields of `research.train.defaults`).
-  c.train_examples = 4000     # 0 = all
-  c.eval_examples = 0         # 0 = all dev (872)
-  c.epochs = 1
-  c.total_steps = 0           # 0 = epochs * steps per epoch
-  c.batch_size = 32
-  c.eval_batch_size = 128
-  c.max_length = 64
-  c.pad_multiple = 16
-  c.pooling = 'mean'          # all-MiniLM-L6-v2 was trained for mean-pooled embeddings
-  c.seed = 0
-  c.log_every = 25
-  c.keep_workdirs = False     # each preset's workdir is deleted after its run
+  c = freezing.defaults(args.model)
   if args.runlocal:
     c.train_examples, c.eval_examples = 64, 64
     c.batch_size, c.eval_batch_size = 16, 64

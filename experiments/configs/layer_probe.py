@@ -19,35 +19,14 @@ dev accuracy by layer 0..6 = 77.5 77.4 78.6 79.9 80.6 79.5 80.7, scalar mix 80.5
 (weights peak on layers 4 and 6). Dev has 872 sentences, so +-1.4 points is one
 standard error: layers 3..6 and the mix are a tie.
 """
-import ml_collections
-
 from experiments.configs import common
+from research.runs import layer_probe
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, task='sst2', model='minilm-l6', pooling='mean',
                           runlocal=False)
-  c = ml_collections.ConfigDict()
-  c.model = args.model        # 'minilm-l6', a checkpoint folder or a Hub id
-  c.task = args.task          # a single-label classification task
-  c.data_dir = common.default_data_dir('glue')  # '' = TFDS
-  c.train_examples = 0        # 0 = all (SST-2: 67,349)
-  c.eval_examples = 0         # 0 = all dev (SST-2: 872)
-  c.max_length = 64           # SST-2 sentences fit in 64 tokens (the longest dev one: 66)
-  # all-MiniLM-L6-v2 was trained for mean-pooled sentence embeddings; 'cls' = first token.
-  c.pooling = args.pooling
-  # Encoding: length-sorted batches of this many rows, lengths padded to a multiple of
-  # pad_multiple (one compiled shape per padded length).
-  c.encode_batch_size = 128
-  c.pad_multiple = 4
-  c.cache_dir = ''            # keep encoded features here (.npz); '' = no cache
-  # Probes: one AdamW run for all of them (see research/train/probes.py).
-  c.epochs = 10
-  c.batch_size = 256
-  c.lr = 1e-3                 # AdamW lr of the linear probes
-  c.mix_lr = 1e-2             # Adam lr of the mix weights and gamma
-  c.weight_decay = 1e-2       # decoupled weight decay on the probe kernels
-  c.seed = 0
+  c = layer_probe.defaults(args.task, args.model, args.pooling)
   if args.runlocal:
     c.train_examples = 256
     c.eval_examples = 128

@@ -26,49 +26,20 @@ task and is initialised fresh, see `saved_runs.init_params`). The best checkpoin
 highest MLM accuracy on a fixed-mask dev sample of `corpus.dev_sequences` held-out
 sequences. Expected numbers: not measured yet (no full run on this machine so far).
 """
-import ml_collections
-
 from experiments.configs import common
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, corpus='gutenberg', task='', objective='mlm',
                           model='minilm-l6', whole_word=False, runlocal=False)
-  config = common.trainer_defaults()
+  config = common.pretraining_defaults(args.corpus, args.objective)
   config.model = args.model
-  config.corpus = ml_collections.ConfigDict({
-      # A staged corpus name, a .txt file or folder, or 'task:<name>' (TAPT).
-      'source': args.corpus,
-      'documents': '',      # 'blank_lines' | 'file' | '' = the staged corpus's own
-      'data_dir': '',       # folder of the staged corpora; '' = ../shared/data/corpus
-      'objective': args.objective,
-      'mask_rate': 0.15,    # BERT: 15 % of tokens, 80 % [MASK] / 10 % random / 10 % kept
-      'whole_word': args.whole_word,
-      # Training logits only at the predicted tokens (at most ceil(share * T) + 4 per
-      # row; >= mask_rate): skips the vocabulary product for the other tokens.
-      'predict_share': 0.15,
-      'dev_sequences': 256,  # held-out sequences (fixed masks) for evaluation
-      'max_documents': 0,   # 0 = all
-      # Tokenized features of a text-file corpus are cached here, keyed by the files'
-      # size and mtime, the tokenizer and the packing arguments ('' = $RESEARCH_CACHE_DIR/
-      # corpus or ~/.cache/research/corpus; 'off' = tokenize every run).
-      'cache_dir': '',
-      'pair_pooling': 'pooler',  # what the NSP / SOP head reads ('cls' without a pooler)
-  })
+  config.corpus.whole_word = args.whole_word
   if args.task:
     # TAPT: the task's own train text; config.task names it (and its data folder).
     config.task = args.task
     config.corpus.source = f'task:{args.task}'
     config.data_dir = common.default_data_dir('glue')
-  config.max_length = 128
-  config.batch_size = 32
-  config.eval_batch_size = 64
-  config.num_epochs = 0
-  config.total_steps = 2000
-  config.eval_every = 500
-  config.log_every = 50
-  config.optimizer.learning_rate = 1e-4
-  config.optimizer.warmup_ratio = 0.06
   if args.runlocal:
     # Gutenberg documents are whole books: one is plenty for a smoke run.
     config.corpus.max_documents = 1 if args.corpus == 'gutenberg' and not args.task else 200

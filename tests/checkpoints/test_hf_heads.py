@@ -138,8 +138,8 @@ def test_labels_reorder_to_the_task_and_unmappable_heads_refuse_export(tmp_path,
 
 
 def test_evaluate_scores_a_hub_classifier_like_transformers(tmp_path, minilm_folder):
-  """experiments/evaluate.py --hf_model: the accuracy transformers' own logits give."""
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
+  """research/runs/scoring.py (experiments/evaluate.py --hf_model): the accuracy transformers' own logits give."""
+  from research.runs import scoring  # pylint: disable=g-import-not-at-top
   from research.data.sources import load_examples  # pylint: disable=g-import-not-at-top
   from research.testing import write_synthetic_data  # pylint: disable=g-import-not-at-top
   data = write_synthetic_data(tmp_path / 'data', sst2=64)
@@ -149,7 +149,7 @@ def test_evaluate_scores_a_hub_classifier_like_transformers(tmp_path, minilm_fol
   source.save_pretrained(tmp_path / 'clf')
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_folder))
   tokenizer.save_pretrained(tmp_path / 'clf')
-  scores = evaluate.score_hf_model(str(tmp_path / 'clf'), 'sst2', data_dir=data['glue'])
+  scores = scoring.score_hf_model(str(tmp_path / 'clf'), 'sst2', data_dir=data['glue'])
   examples = load_examples('sst2', 'validation', data['glue'])
   encoded = tokenizer([e['text_a'] for e in examples], padding=True, return_tensors='pt')
   with torch.no_grad():

@@ -194,7 +194,7 @@ def _tiny_tokenizer():
 
 
 def test_cli_runs_from_a_hf_folder_and_a_run_folder(params, tmp_path):
-  from experiments import generate as cli  # pylint: disable=g-import-not-at-top
+  from research.runs import generation as cli  # pylint: disable=g-import-not-at-top
   from research.checkpoints import export_pretrained  # pylint: disable=g-import-not-at-top
   from research.models.heads import TaskModel  # pylint: disable=g-import-not-at-top
   from research.objectives.causal_lm import CausalLM  # pylint: disable=g-import-not-at-top
@@ -210,7 +210,7 @@ def test_cli_runs_from_a_hf_folder_and_a_run_folder(params, tmp_path):
   for ref in (str(tmp_path / 'hf'), str(tmp_path / 'run') + ':best'):
     loaded_config, loaded, tok = cli.load_model(ref)
     assert loaded_config.causal and loaded_config.vocab_size == len(tokenizer)
-    results.append(cli.run(loaded_config, loaded, tok, ['the quick', 'lazy'],
+    results.append(cli.sample(loaded_config, loaded, tok, ['the quick', 'lazy'],
                            max_new_tokens=5, greedy=True, stop=False))
   assert results[0]['samples'] == results[1]['samples']
   assert results[0]['new_tokens'] == 10 and results[0]['tokens_per_s'] > 0

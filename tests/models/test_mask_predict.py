@@ -61,12 +61,12 @@ def test_bad_input_is_named():
 
 
 def test_a_real_masked_lm_writes_what_a_full_forward_predicts(minilm_folder, tok):
-  """MiniLM with a fresh MLM head through experiments.generate's encoder path: the first
+  """MiniLM with a fresh MLM head through research/runs/generation.py's encoder path: the first
   generated token is the argmax (specials excluded) of a plain forward at the [MASK]."""
-  from experiments import generate as cli  # pylint: disable=g-import-not-at-top
+  from research.runs import generation as cli  # pylint: disable=g-import-not-at-top
   from research.checkpoints.hf_pretraining_heads import load_pretraining_model  # pylint: disable=g-import-not-at-top
   model, params = load_pretraining_model(str(minilm_folder), pair='')
-  result = cli.run_masked(model, params, tok, ['the cat sat on the'], max_new_tokens=3,
+  result = cli.sample_masked(model, params, tok, ['the cat sat on the'], max_new_tokens=3,
                           greedy=True)
   assert len(result['samples']) == 1 and result['new_tokens'] == 3
   ids = tok('the cat sat on the')['input_ids'][:-1] + [tok.mask_token_id, tok.sep_token_id]

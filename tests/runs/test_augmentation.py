@@ -1,4 +1,4 @@
-"""experiments/augment.py: augmented, teacher-labelled train data in the task's layout."""
+"""research/runs/augmentation.py: augmented, teacher-labelled train data in the task's layout."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import augment as script
+from research.runs import augmentation
 from research.data import glue_tsv, tasks
 from research.train import saved_runs, trainer
 
@@ -15,7 +15,7 @@ def test_augmented_folder_is_the_task_layout_and_trains_a_student(make_tiny_run,
   teacher = make_tiny_run(1)
   data_dir = saved_runs.run_config(teacher).data_dir
   out = tmp_path / 'aug'
-  summary = script.run('sst2', str(minilm_folder), f'{teacher}:best', str(out),
+  summary = augmentation.augment('sst2', str(minilm_folder), f'{teacher}:best', str(out),
                        data_dir=data_dir, train_examples=4, per_example=3, top_k=5)
   spec = tasks.get_task('sst2')
   rows = list(glue_tsv.read_glue_tsv(out / 'SST-2' / 'train.tsv', spec))
@@ -41,7 +41,7 @@ def test_wrong_teacher_or_mlm_is_named(make_tiny_run, tmp_path):
   teacher = make_tiny_run(1)
   data_dir = saved_runs.run_config(teacher).data_dir
   with pytest.raises(ValueError, match='not a masked LM'):
-    script.run('sst2', teacher, teacher, str(tmp_path / 'x'), data_dir=data_dir,
+    augmentation.augment('sst2', teacher, teacher, str(tmp_path / 'x'), data_dir=data_dir,
                train_examples=2, per_example=1)
   with pytest.raises(ValueError, match='no TSV layout'):
-    script.run('conll2003', teacher, teacher, str(tmp_path / 'y'))
+    augmentation.augment('conll2003', teacher, teacher, str(tmp_path / 'y'))

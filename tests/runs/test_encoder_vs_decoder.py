@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from experiments import encoder_vs_decoder as study
+from research.runs import encoder_vs_decoder as study
 from experiments.configs import encoder_vs_decoder as configs
-from research.train import trainer
+from research.train import source, trainer
 from tests.conftest import SHARED_DATA
 
 
@@ -17,9 +17,9 @@ def test_the_two_runs_differ_only_in_objective_and_block():
   encoder, decoder = (study.trainer_config(config, k, '/x/train.txt') for k in study.KINDS)
   for c in (encoder, decoder):
     trainer.check_config(c)
-  fields = trainer.scratch_fields(decoder.scratch)
+  fields = source.scratch_fields(decoder.scratch)
   assert fields['causal'] is True and fields['norm_position'] == 'pre'
-  assert 'causal' not in trainer.scratch_fields(encoder.scratch)
+  assert 'causal' not in source.scratch_fields(encoder.scratch)
   a, b = encoder.to_dict(), decoder.to_dict()
   assert (a['corpus'].pop('objective'), b['corpus'].pop('objective')) == ('mlm', 'clm')
   a.pop('scratch'), b.pop('scratch')

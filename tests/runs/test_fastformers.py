@@ -1,4 +1,4 @@
-"""experiments/compress.py (the FastFormers-style pipeline) end to end on a tiny run."""
+"""research/runs/fastformers.py (the FastFormers-style pipeline) end to end on a tiny run."""
 from __future__ import annotations
 
 import json
@@ -6,15 +6,15 @@ import os
 
 import pytest
 
-from experiments import compress
-from experiments.configs import fastformers
+from experiments.configs import fastformers as configs
+from research.runs import fastformers, measure, transform
 from research.train import saved_runs
 
 
 def test_pipeline_runs_every_stage_and_reports(make_tiny_run, tmp_path):
   teacher = make_tiny_run(2)
-  pipeline = fastformers.get_config('runlocal')
-  report = compress.compress(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
+  pipeline = configs.get_config('runlocal')
+  report = fastformers.compress(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
   stages = {k: str(tmp_path / 'out' / 'L1' / k)
             for k in ('distilled', 'pruned', 'recovered', 'int8')}
   distilled = saved_runs.load_run(stages['distilled'])
@@ -37,39 +37,38 @@ def test_pipeline_runs_every_stage_and_reports(make_tiny_run, tmp_path):
   assert saved['metric'] == 'accuracy' and len(saved['rows']) == len(report['rows'])
   # A rerun skips every finished stage (no stage folder is written again).
   before = os.path.getmtime(os.path.join(stages['int8'], 'model.json'))
-  compress.run_stages(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
+  fastformers.run_stages(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
   assert os.path.getmtime(os.path.join(stages['int8'], 'model.json')) == before
 
 
 def test_bad_pipeline_input_is_named(make_tiny_run, tmp_path):
-  with pytest.raises(ValueError, match='expected layers/heads/ffn/hidden'):
-    compress.parse_student('layers=1 depth=3')
+  with pytest.raises(ValueError, match='unknown name .depth.'):
+    fastformers.parse_student('layers=1 depth=3')
   with pytest.raises(ValueError, match='names no teacher layers'):
-    compress.parse_student('heads=2')
+    fastformers.parse_student('heads=2')
   with pytest.raises(ValueError, match='unknown arguments'):
-    fastformers.get_config('fast')
+    configs.get_config('fast')
   teacher = make_tiny_run(2)
   int8 = str(tmp_path / 'int8')
-  compress.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
+  transform.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
   with pytest.raises(ValueError, match='already compressed'):
-    compress.run_stages(fastformers.get_config('runlocal'), f'{int8}:best',
+    fastformers.run_stages(configs.get_config('runlocal'), f'{int8}:best',
                         str(tmp_path / 'out'))
 
 
 def test_compare_runs_scores_and_times_each_run(make_tiny_run, tmp_path):
-  from experiments import compare_runs  # pylint: disable=g-import-not-at-top
   teacher = make_tiny_run(2)
   int8 = str(tmp_path / 'int8')
-  compress.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
-  report = compare_runs.compare(
-      f'{teacher}:best', compare_runs.parse_runs(f'int8={int8}'), str(tmp_path / 'cmp'),
-      {'sentences': 8, 'batch_sizes': '4', 'rounds': 1, 'torch': False}, eval_examples=16)
+  transform.transform_run(f'{teacher}:best', int8, 'ptq', calibration_examples=8)
+  report = measure.compare(
+      f'{teacher}:best', measure.parse_runs(f'int8={int8}'), str(tmp_path / 'cmp'),
+      sentences=8, batch_sizes=(4,), rounds=1, torch=False, eval_examples=16)
   rows = {r['model']: r for r in report['rows']}
   assert set(rows) == {'teacher', 'int8', 'teacher, static length'}
   assert rows['int8']['bytes_on_disk'] < rows['teacher']['bytes_on_disk']
   assert rows['int8']['seq_s_b4'] > 0 and 0 <= rows['int8']['accuracy'] <= 100
   assert (tmp_path / 'cmp' / 'compare.png').read_bytes()[:4] == b'\x89PNG'
-  with pytest.raises(ValueError, match='used twice'):
-    compare_runs.parse_runs('a=x,a=y')
+  with pytest.raises(ValueError, match='given twice'):
+    measure.parse_runs('a=x,a=y')
   with pytest.raises(ValueError, match='name=folder'):
-    compare_runs.parse_runs('runs/x')
+    measure.parse_runs('runs/x')

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments import lamb_batch
+from research.runs import lamb_batch
 from experiments.configs import lamb_batch as configs
 from research.train import trainer
 from tests.conftest import SHARED_DATA

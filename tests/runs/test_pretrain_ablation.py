@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import pretrain_ablation
+from research.runs import pretrain_ablation
 from experiments.configs import pretrain_ablation as configs
 from research.testing import write_synthetic_data
 from research.train import trainer

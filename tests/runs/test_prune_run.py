@@ -1,4 +1,4 @@
-"""experiments/prune.py on a tiny saved run: pruned runs reload, start runs, export; the
+"""research/runs/prune.py (and experiments/prune.py) on a tiny saved run: pruned runs reload, start runs, export; the
 Sixteen Heads mode through its command line."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import prune as prune_script
+from research.runs import prune as prune_run
 from research.train import saved_runs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def tiny_run(make_tiny_run):
 
 def test_pruned_run_reloads_starts_runs_and_exports(tiny_run, tmp_path):
   out = tmp_path / 'pruned'
-  summary = prune_script.prune_run(f'{tiny_run}:best', str(out), heads_fraction=0.5,
+  summary = prune_run.prune_run(f'{tiny_run}:best', str(out), heads_fraction=0.5,
                                    ffn_fraction=0.25, importance_examples=32)
   assert summary['layers_before'] == {'heads': [4, 4], 'ffn': [64, 64]}
   assert sum(summary['layers_after']['heads']) == 4  # 50 % of 8 heads
@@ -68,13 +68,13 @@ def test_pruned_run_reloads_starts_runs_and_exports(tiny_run, tmp_path):
       saved_runs.export_run(str(out), str(tmp_path / 'hf_unpadded'), pad=False)
 
   # Iterative: one round of 25 % of the heads, accepted at any ratio above 0.
-  rounds = prune_script.prune_run(f'{tiny_run}:best', str(tmp_path / 'iterative'),
+  rounds = prune_run.prune_run(f'{tiny_run}:best', str(tmp_path / 'iterative'),
                                   heads_fraction=0.25, importance_examples=32,
                                   iterative=True, min_ratio=1e-6, max_rounds=1)
   assert [c['heads'] for c in rounds['curve']] == [8, 6]
   assert rounds['after'] == rounds['curve'][-1]['metric']
   with pytest.raises(ValueError, match='heads_fraction must be in'):
-    prune_script.prune_run(f'{tiny_run}:best', str(tmp_path / 'bad'), heads_fraction=1.0)
+    prune_run.prune_run(f'{tiny_run}:best', str(tmp_path / 'bad'), heads_fraction=1.0)
 
 
 def test_sixteen_heads_command_line(tiny_run, tmp_path):

@@ -1,6 +1,7 @@
-"""Smoke runs of the experiment scripts (--runlocal, real MiniLM and SST-2 slices).
+"""Smoke runs of the layer-probe and freezing studies (research/runs; their configs'
+`runlocal` variants, real MiniLM and SST-2 slices), and their command lines.
 
-Each script's `run(config, out)` runs its config's `runlocal` variant into tmp_path; we
+Each study's `run(config, out)` runs its config's `runlocal` variant into tmp_path; we
 check the files it writes and the invariants of its numbers (not the accuracies
 themselves: the slices are tiny).
 """
@@ -39,7 +40,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_layer_probe_runlocal(tmp_path, sst2_dir, minilm_folder, caplog):
-  from experiments import layer_probe  # pylint: disable=g-import-not-at-top
+  from research.runs import layer_probe  # pylint: disable=g-import-not-at-top
   from experiments.configs import layer_probe as configs  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'layer_probe'
   config = configs.get_config('runlocal')
@@ -96,7 +97,7 @@ def test_scalar_mix_of_pooled_equals_pooled_mix(minilm_folder):
 
 
 def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
-  from experiments import freezing  # pylint: disable=g-import-not-at-top
+  from research.runs import freezing  # pylint: disable=g-import-not-at-top
   from experiments.configs import freezing as configs  # pylint: disable=g-import-not-at-top
   from research.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
   from research.transforms.freeze import param_paths  # pylint: disable=g-import-not-at-top
@@ -158,12 +159,12 @@ def test_every_config_passes_the_trainer_and_optimizer_checks(module, arg):
 
 
 def test_config_argument_errors_name_the_valid_keys():
-  with pytest.raises(ValueError, match=r"Unknown config argument 'tunde'.*tuned"):
+  with pytest.raises(ValueError, match=r"unknown name 'tunde'.*tuned"):
     common.parse_arg('tunde', tuned=False, task='sst2')
 
 
 def test_layer_probe_and_freezing_configs():
-  from experiments import freezing  # pylint: disable=g-import-not-at-top
+  from research.runs import freezing  # pylint: disable=g-import-not-at-top
   from experiments.configs import freezing as freezing_configs  # pylint: disable=g-import-not-at-top
   from experiments.configs import layer_probe as probe_configs  # pylint: disable=g-import-not-at-top
   from research.train.optimizers import validate_config  # pylint: disable=g-import-not-at-top

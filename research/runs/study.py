@@ -1,0 +1,77 @@
+"""Studies made of many trainer runs: each run's row is kept beside it and reused.
+
+A study (`lamb_batch`, `pretrain_ablation`, `encoder_vs_decoder`, ...) trains one run
+per setting. `run_or_reuse` trains a run unless its folder already holds the row of a
+finished run with exactly the same trainer config, so a study that was stopped, or
+extended with new settings, trains only what is missing. A diverged run (NaN loss) is a
+result, not a crash. `write_results` writes results.md and results.json; the caller
+prints `report_text(result)` (the table, then the one JSON line a benchmark ends with).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Callable
+
+from research.evaluate import speed
+from research.train import trainer
+
+ROW_FILE = 'row.json'
+
+
+def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]], *,
+                 keep: bool = True) -> dict[str, Any]:
+  """The row of the run of trainer `config` in `workdir`, training it if needed.
+
+  Args:
+    config: a trainer config.
+    workdir: the run's folder.
+    make_row: the train_and_evaluate result -> the row (JSON-able); called with
+      {'diverged': message} when the loss became NaN.
+    keep: keep the run folder (and its row, for reuse); False deletes it afterwards.
+
+  Returns:
+    The row, with 'wall_seconds' (of the training, when it was trained now).
+  """
+  row_file = os.path.join(workdir, ROW_FILE)
+  settings = json.loads(config.to_json())
+  if os.path.isfile(row_file):
+    with open(row_file) as f:
+      saved = json.load(f)
+    if saved.get('settings') == settings:
+      return saved['row']
+    logging.info('%s holds a run with other settings: training again', workdir)
+  shutil.rmtree(workdir, ignore_errors=True)  # a half-finished run would be resumed
+
+  def train():
+    try:
+      return make_row(trainer.train_and_evaluate(config, workdir))
+    except FloatingPointError as e:
+      return make_row({'diverged': str(e)})
+  row, seconds = speed.timed_call(train)
+  row['wall_seconds'] = seconds
+  if keep:
+    with open(row_file, 'w') as f:
+      json.dump({'row': row, 'settings': settings}, f)
+  else:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return row
+
+
+def write_results(out: str, title: str, table: str, result: dict,
+                  summary: dict[str, Any]) -> dict[str, Any]:
+  """results.md (title + table) and results.json (`result`) in `out`; returns `result`
+  with 'title', 'table' and 'summary' (the JSON line a benchmark ends with) added."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write(f'# {title}\n\n{table}')
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  return {**result, 'title': title, 'table': table, 'summary': summary}
+
+
+def report_text(result: dict[str, Any]) -> str:
+  """What a study's script prints: the title, the table, then one JSON line."""
+  return f'# {result["title"]}\n\n{result["table"]}\n{json.dumps(result["summary"])}'
