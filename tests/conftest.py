@@ -21,6 +21,30 @@ os.environ.setdefault('RESEARCH_CACHE_DIR', tempfile.mkdtemp(prefix='research_ca
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
+# End-to-end tests that `make test-fast` leaves out (each took > ~8 s on 2 cores, or runs
+# whole notebooks, studies, pipelines or trainer subprocesses); `make test` runs all.
+SLOW = (
+    'tests/notebooks/', 'tests/runs/', 'tests/train/test_runs.py',
+    'tests/train/test_pretrain_run.py', 'tests/train/test_accuracy_parity.py',
+    'tests/train/test_trainer.py::test_a_qat_run', 'tests/train/test_trainer.py::test_kills',
+    'tests/train/test_trainer.py::test_sigkill', 'tests/train/test_trainer.py::test_eight',
+    'tests/train/test_trainer.py::test_distillation', 'tests/train/test_techniques.py::test_lora',
+    'tests/transforms/test_distill.py::test_intermediate_distillation_in_the_trainer',
+    'tests/transforms/test_sparsity.py::test_trainer_run',
+    'tests/transforms/test_quantize.py::test_fully_quantized',
+    'tests/evaluate/test_pretrain_speed.py', 'tests/evaluate/test_fsdp_memory.py',
+    'tests/objectives/test_pretraining.py::test_logits_at_predicted',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  root = Path(__file__).resolve().parents[1]
+  for item in items:
+    node = Path(item.fspath).resolve().relative_to(root).as_posix() + '::' + item.name
+    if node.startswith(SLOW):
+      item.add_marker(pytest.mark.slow)
+
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37, max_position_embeddings=64)
 
