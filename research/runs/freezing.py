@@ -26,6 +26,7 @@ from research.data.sources import default_data_dir
 from research.evaluate import speed
 from research.models.sizes import param_bytes
 from research.runs import study
+from research.train import techniques
 from research.train.defaults import trainer_defaults
 from research.train.optimizers import make_optimizer
 from research.train.trainer import train_and_evaluate
@@ -37,14 +38,16 @@ def defaults(model: str = 'minilm-l6') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = model
   c.data_dir = default_data_dir('glue')  # '' = TFDS
-  # Comma-separated `research.transforms.freeze.preset` names, run in this order.
-  c.presets = 'full,feature_extractor,bitfit,bottom:3'
-  # Learning rate per preset kind (the name before ':'). Feature extractor and BitFit
-  # train few parameters that start far from a solution (a zero-mean random head,
-  # biases), so they need a ~10x larger rate; the others use the usual fine-tuning rate.
+  # Comma-separated `research.transforms.freeze.preset` names, or 'lora:<rank>' (LoRA
+  # adapters on the query and value projections of a frozen encoder), run in this order.
+  c.presets = 'full,feature_extractor,bitfit,bottom:3,lora:8'
+  # Learning rate per preset kind (the name before ':'). Feature extractor, BitFit and
+  # LoRA train few parameters that start far from a solution (a zero-mean random head,
+  # biases, zero adapters), so they need a ~10x larger rate; the others use the usual
+  # fine-tuning rate.
   c.lr = ml_collections.ConfigDict({
       'full': 1e-4, 'feature_extractor': 1e-3, 'bitfit': 1e-3,
-      'frozen_embeddings': 1e-4, 'bottom': 1e-4})
+      'frozen_embeddings': 1e-4, 'bottom': 1e-4, 'lora': 1e-3})
   # The budget every preset shares (fields of `research.train.defaults`).
   c.train_examples = 4000     # 0 = all
   c.eval_examples = 0         # 0 = all dev (872)
@@ -62,10 +65,14 @@ def defaults(model: str = 'minilm-l6') -> ml_collections.ConfigDict:
 
 
 def presets(config) -> list[str]:
-  """The config's preset names, validated, each with a learning rate."""
+  """The config's preset names, validated, each with a learning rate: freeze presets
+  ('full', 'bottom:3', ...) and 'lora:<rank>' (LoRA adapters on a frozen encoder)."""
   names = specs.items(config.presets, what='presets')
   for name in names:
-    freeze.preset(name)  # an unknown name is an error naming the valid ones
+    if specs.name_arg(name)[0] == 'lora':
+      specs.int_arg(name, 'preset')
+    else:
+      freeze.preset(name)  # an unknown name is an error naming the valid ones
     if learning_rate(config, name) is None:
       raise ValueError(f'no learning rate for preset {name!r}; set '
                        f'--config.lr.{name.partition(":")[0]}=VALUE')
@@ -93,7 +100,10 @@ def trainer_config(config, preset: str):
   c.total_steps = config.total_steps
   c.pooling = config.pooling
   c.layer_mix = 'top'
-  c.freeze = preset
+  if specs.name_arg(preset)[0] == 'lora':  # the technique decides what is frozen
+    c.freeze, c.lora.rank = 'full', specs.int_arg(preset, 'preset')
+  else:
+    c.freeze = preset
   c.seed = config.seed
   c.log_every = config.log_every
   c.optimizer.learning_rate = learning_rate(config, preset)
@@ -107,7 +117,9 @@ def optimizer_state_size(config, params, total_steps: int) -> int:
   opt_config = {k: v for k, v in config.optimizer.to_dict().items()
                 if k != 'accumulate_steps'}
   opt_config['total_steps'] = total_steps
-  tx = freeze.with_freezing(make_optimizer(opt_config), params, freeze.preset(config.freeze))
+  rules = techniques.freeze_rules(techniques.active(config), config,
+                                  freeze.preset(config.freeze))
+  tx = freeze.with_freezing(make_optimizer(opt_config), params, rules)
   return param_bytes(jax.eval_shape(tx.init, params))
 
 

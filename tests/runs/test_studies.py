@@ -102,20 +102,20 @@ def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
   from research.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
   from research.transforms.freeze import param_paths  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'freezing'
-  # Three presets keep this near a minute: each run compiles its own train step.
+  # Four presets keep this near a minute: each run compiles its own train step.
   config = configs.get_config('runlocal')
   config.data_dir = sst2_dir
-  config.presets = 'full,feature_extractor,bitfit'
+  config.presets = 'full,feature_extractor,bitfit,lora:4'
   freezing.run(config, str(out))
 
   result = json.loads((out / 'results.json').read_text())
   rows = {row['preset']: row for row in result['rows']}
-  assert list(rows) == ['full', 'feature_extractor', 'bitfit']
+  assert list(rows) == ['full', 'feature_extractor', 'bitfit', 'lora:4']
   for row in rows.values():
     assert 0.0 <= row['dev_accuracy'] <= 100.0
     assert row['steps'] == 4 and row['wall_seconds'] > 0
   full, fe, bitfit = rows['full'], rows['feature_extractor'], rows['bitfit']
-  assert len({row['total_params'] for row in rows.values()}) == 1
+  assert len({row['total_params'] for name, row in rows.items() if name != 'lora:4'}) == 1
   assert full['trainable_params'] == full['total_params']
 
   # Feature extractor: the head only (hidden * 2 + 2), far less state than full.
@@ -138,7 +138,14 @@ def test_freezing_runlocal(tmp_path, sst2_dir, minilm_folder):
   assert fe['optimizer_state_bytes'] < bitfit['optimizer_state_bytes'] < (
       full['optimizer_state_bytes'] / 100)
 
-  assert (out / 'results.md').read_text().count('\n| ') == 4  # header + 3 rows
+  # LoRA: rank-4 factors of query and value in 6 layers ((384 + 384) * 4 each) + head.
+  lora = rows['lora:4']
+  factors = 6 * 2 * (384 + 384) * 4
+  assert lora['trainable_params'] == factors + head
+  assert lora['total_params'] == full['total_params'] + factors
+  assert fe['optimizer_state_bytes'] < lora['optimizer_state_bytes'] < (
+      full['optimizer_state_bytes'] / 100)
+  assert (out / 'results.md').read_text().count('\n| ') == 5  # header + 4 rows
   assert not (out / 'workdirs' / 'full').exists()
 
 
@@ -179,15 +186,18 @@ def test_layer_probe_and_freezing_configs():
 
   config = freezing_configs.get_config()
   names = freezing.presets(config)
-  assert names == ['full', 'feature_extractor', 'bitfit', 'bottom:3']
+  assert names == ['full', 'feature_extractor', 'bitfit', 'bottom:3', 'lora:8']
   rates = {}
   for name in names + ['frozen_embeddings', 'bottom:5']:
     trainer_config = freezing.trainer_config(config, name)
     check_config(trainer_config)
     validate_config({**trainer_config.optimizer.to_dict(), 'total_steps': 10})
-    assert trainer_config.freeze == name and trainer_config.layer_mix == 'top'
+    lora = name.startswith('lora:')
+    assert trainer_config.freeze == ('full' if lora else name)
+    assert trainer_config.lora.rank == (8 if lora else 0)
+    assert trainer_config.layer_mix == 'top'
     rates[name] = trainer_config.optimizer.learning_rate
-  assert rates == {'full': 1e-4, 'feature_extractor': 1e-3, 'bitfit': 1e-3,
+  assert rates == {'full': 1e-4, 'feature_extractor': 1e-3, 'bitfit': 1e-3, 'lora:8': 1e-3,
                    'bottom:3': 1e-4, 'frozen_embeddings': 1e-4, 'bottom:5': 1e-4}
   local = freezing_configs.get_config('runlocal')
   assert (local.train_examples, local.eval_examples, local.batch_size, local.max_length,
