@@ -28,29 +28,7 @@ evaluation, checkpoints). Writes results.md and results.json to --out; each run'
 workdir (checkpoints, metrics) goes to --out/workdirs/<preset> and is deleted after the
 run unless `keep_workdirs` (a leftover workdir would otherwise be resumed).
 """
-from __future__ import annotations
-
-import logging
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
 from research.runs import freezing, study
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiments/configs/freezing.py[:args]')
-_OUT = flags.DEFINE_string('out', 'runs/freezing', 'Folder for results and run folders.')
-flags.mark_flags_as_required(['config'])
-
-
-def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
-  result = freezing.run(_CONFIG.value, _OUT.value,
-                     command='python -m experiments.freezing ' + ' '.join(sys.argv[1:]))
-  print(study.report_text(result))
-
-
 if __name__ == '__main__':
-  app.run(main)
+  study.command_line(freezing.run, 'freezing')

@@ -26,29 +26,7 @@ Writes to --out: results.md (table), results.json (numbers, learned mix weights,
 timings, config) and layer_probe.png (dev accuracy per layer, the mix as a line, and
 the learned mix weights).
 """
-from __future__ import annotations
-
-import logging
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
 from research.runs import layer_probe, study
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiments/configs/layer_probe.py[:args]')
-_OUT = flags.DEFINE_string('out', 'runs/layer_probe', 'Folder for results and run folders.')
-flags.mark_flags_as_required(['config'])
-
-
-def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
-  result = layer_probe.run(_CONFIG.value, _OUT.value,
-                     command='python -m experiments.layer_probe ' + ' '.join(sys.argv[1:]))
-  print(study.report_text(result))
-
-
 if __name__ == '__main__':
-  app.run(main)
+  study.command_line(layer_probe.run, 'layer_probe')

@@ -9,19 +9,10 @@ r"""FastFormers-style compression of a fine-tuned run (Kim & Awadalla 2020), as 
     # tiny smoke run (tests, notebooks):
     python -m experiments.compress --config experiments/configs/fastformers.py:runlocal ...
 
-Stages, each a run folder under the workdir that the next starts from:
-  1. dynamic sequence length: each batch padded to its own longest sentence instead of
-     `max_length` (measured on the teacher; every later model also runs this way);
-  2. distillation into each student (`students`): initialised from teacher layers
-     (`student_init.select_layers`, optionally narrowed), trained with the frozen
-     teacher in the step (soft targets + hidden states);
-  3. structured pruning of heads and FFN neurons by importance (Michel et al. 2019),
-     physically removed, then a short distillation recovery;
-  4. int8 post-training quantization (static activation scales, int8 x int8 -> int32).
-Report: dev accuracy, parameters, bytes on disk, sequences/s at batch 1 and 32 on the
-dev sentences (real length distribution), speed-ups against the teacher and against
-transformers + PyTorch running the teacher, per stage; a Pareto plot (accuracy against
-speed) and one JSON line. Expected numbers: docs/results.md, "FastFormers pipeline".
+The stages (dynamic length, distillation into each student, importance pruning with a
+distillation recovery, int8) and the report are described in `research/runs/fastformers.py`,
+whose `defaults()` this config starts from. Expected numbers: docs/results.md,
+"FastFormers pipeline".
 
 Arguments: cpu_budget, runlocal.
 """

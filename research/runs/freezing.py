@@ -168,15 +168,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def run(config, out: str, command: str = '') -> dict[str, Any]:
-  """Runs every preset of `config`, writes results.md/.json to `out`.
-
-  Args:
-    config: from experiments/configs/freezing.py.
-    out: output folder (created).
-    command: the command line, recorded in results.json.
-  Returns:
-    The dict written to results.json.
-  """
+  """Runs every preset of `config` (`defaults()`); writes results.md/.json to `out`
+  (created) with `command` recorded; returns the results with the table and summary."""
   names = presets(config)  # fail before the first (minutes-long) run
   os.makedirs(out, exist_ok=True)
   rows = [run_preset(config, name, out) for name in names]

@@ -100,15 +100,8 @@ def markdown_table(result: dict) -> str:
 # -- Run ------------------------------------------------------------------------------
 
 def run(config, out: str, command: str = '') -> dict[str, Any]:
-  """Encodes, trains the probes, writes results.md/.json and the plot to `out`.
-
-  Args:
-    config: from experiments/configs/layer_probe.py.
-    out: output folder (created).
-    command: the command line, recorded in results.json.
-  Returns:
-    The dict written to results.json.
-  """
+  """Encodes, trains the probes, writes results.md/.json and the plot to `out`
+  (created) with `command` recorded; returns the results with the table and summary."""
   spec = tasks.get_task(config.task)
   if spec.kind != 'classification':
     raise ValueError(f'layer_probe needs a classification task, {config.task!r} is '

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from typing import Any, Callable
 
 from research.evaluate import speed
@@ -75,3 +76,30 @@ def write_results(out: str, title: str, table: str, result: dict,
 def report_text(result: dict[str, Any]) -> str:
   """What a study's script prints: the title, the table, then one JSON line."""
   return f'# {result["title"]}\n\n{result["table"]}\n{json.dumps(result["summary"])}'
+
+
+def command_line(run: Callable[..., dict[str, Any]], name: str) -> None:
+  """A study's command line, the same for every study (`experiments/<name>.py`):
+
+      python -m experiments.<name> --config experiments/configs/<name>.py[:args] \\
+          [--config.field=value ...] [--out FOLDER]
+
+  runs `run(config, out, command=...)` and prints `report_text` (with the samples first
+  when the result has them)."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.DEFINE_config_file('config', None,
+                                           f'experiments/configs/{name}.py[:args]')
+  out = flags.DEFINE_string('out', f'runs/{name}', 'Folder for results and run folders.')
+  flags.mark_flags_as_required(['config'])
+
+  def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
+    result = run(config.value, out.value,
+                 command=f'python -m experiments.{name} ' + ' '.join(sys.argv[1:]))
+    if 'samples_text' in result:
+      print(result['samples_text'])
+    print(report_text(result))
+  app.run(main)

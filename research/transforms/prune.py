@@ -262,21 +262,9 @@ def mask_heads(config: EncoderConfig, params: Mapping[str, Any], heads_to_keep: 
   outputs equal those of `remove(config, params, heads_to_keep)`. Layers not named
   keep all their heads.
   """
-  task, params, encoder = _encoder(params)
-  keep = _validate(heads_to_keep, set_heads(config), 'head')
-  sizes = set_heads(config)
-  changed = [j for j in keep if len(keep[j]) < sizes[j]]
-  _check_dense(config, encoder, task, changed, 'attention')
-  for j in changed:
-    gone = sorted(set(range(sizes[j])) - set(keep[j]))
-    attention = dict(encoder[f'layer_{j}']['attention'])
-    value = attention['value']
-    attention['value'] = {**value, 'kernel': _zeroed(value['kernel'], gone, 1),
-                          'bias': _zeroed(value['bias'], gone, 0)}
-    attention['out'] = {**attention['out'], 'kernel': _zeroed(attention['out']['kernel'],
-                                                              gone, 0)}
-    encoder[f'layer_{j}'] = {**encoder[f'layer_{j}'], 'attention': attention}
-  return {**params, 'encoder': encoder} if task else encoder
+  # The value projection's heads and the output projection's input rows of a head.
+  return _masked(config, params, heads_to_keep, set_heads(config), 'head', 'attention',
+                 {'value': (1, True), 'out': (0, False)})
 
 
 def mask_neurons(config: EncoderConfig, params: Mapping[str, Any], neurons_to_keep: Keep
@@ -286,19 +274,26 @@ def mask_neurons(config: EncoderConfig, params: Mapping[str, Any], neurons_to_ke
   Zeroes each removed neuron's input column and bias (its activation is 0 for GELU and
   ReLU) and its output row.
   """
+  # The intermediate projection's output columns and the output projection's rows.
+  return _masked(config, params, neurons_to_keep, set_widths(config), 'neuron', 'mlp',
+                 {'intermediate': (1, True), 'output': (0, False)})
+
+
+def _masked(config, params, keep: Keep, sizes: Mapping[int, int], unit: str, block: str,
+            zero: Mapping[str, tuple[int, bool]]) -> dict:
+  """Params with the units outside `keep` zeroed in `block`'s projections: for each
+  projection name, (kernel axis of the units, whether its bias is zeroed too)."""
   task, params, encoder = _encoder(params)
-  keep = _validate(neurons_to_keep, set_widths(config), 'neuron')
-  sizes = set_widths(config)
+  keep = _validate(keep, sizes, unit)
   changed = [j for j in keep if len(keep[j]) < sizes[j]]
-  _check_dense(config, encoder, task, changed, 'mlp')
+  _check_dense(config, encoder, task, changed, block)
   for j in changed:
     gone = sorted(set(range(sizes[j])) - set(keep[j]))
-    mlp = dict(encoder[f'layer_{j}']['mlp'])
-    inner = mlp['intermediate']
-    mlp['intermediate'] = {**inner, 'kernel': _zeroed(inner['kernel'], gone, 1),
-                           'bias': _zeroed(inner['bias'], gone, 0)}
-    mlp['output'] = {**mlp['output'], 'kernel': _zeroed(mlp['output']['kernel'], gone, 0)}
-    encoder[f'layer_{j}'] = {**encoder[f'layer_{j}'], 'mlp': mlp}
+    parts = dict(encoder[f'layer_{j}'][block])
+    for name, (axis, bias) in zero.items():
+      parts[name] = {**parts[name], 'kernel': _zeroed(parts[name]['kernel'], gone, axis),
+                     **({'bias': _zeroed(parts[name]['bias'], gone, 0)} if bias else {})}
+    encoder[f'layer_{j}'] = {**encoder[f'layer_{j}'], block: parts}
   return {**params, 'encoder': encoder} if task else encoder
 
 
