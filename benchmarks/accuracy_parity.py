@@ -44,11 +44,11 @@ THREADS = int(os.environ.get('BENCH_THREADS', '2'))
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from research import objectives  # pylint: disable=wrong-import-position
+from research import objectives, specs  # pylint: disable=wrong-import-position
 from research.checkpoints import load_tokenizer, resolve  # pylint: disable=wrong-import-position
 from research.data import tasks  # pylint: disable=wrong-import-position
 from research.data.batching import BatchIterator  # pylint: disable=wrong-import-position
-from research.evaluate import gather  # pylint: disable=wrong-import-position
+from research.evaluate import gather, speed  # pylint: disable=wrong-import-position
 from research.train.build import load_split  # pylint: disable=wrong-import-position
 
 
@@ -171,8 +171,7 @@ def shared_recipe(config, args, seed: int):
   config.log_every = 100
   if args.data_dir:
     config.data_dir = args.data_dir
-  for item in args.ours:
-    key, _, value = item.partition('=')
+  for key, value in specs.fields(args.ours, convert=str, what='--ours').items():
     target, name = config, key
     if '.' in key:
       outer, name = key.split('.', 1)
@@ -185,13 +184,13 @@ def shared_recipe(config, args, seed: int):
 def run_ours(config, spec, workdir: str | None = None) -> tuple[float, float]:
   """Our trainer; the run folder is kept in `workdir` when given (e.g. to score test)."""
   from research.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  if workdir:
-    result = train_and_evaluate(config, workdir)
-  else:
+  def train():
+    if workdir:
+      return train_and_evaluate(config, workdir)
     with tempfile.TemporaryDirectory() as tmp:
-      result = train_and_evaluate(config, tmp)
-  return result['final'][spec.main_metric], time.perf_counter() - t0
+      return train_and_evaluate(config, tmp)
+  result, seconds = speed.timed_call(train)
+  return result['final'][spec.main_metric], seconds
 
 
 def run_torch(config, spec, args) -> tuple[float, float]:
@@ -300,7 +299,7 @@ def main():
   args = p.parse_args()
   if args.combine:
     lines = []
-    for path in args.combine.split(','):
+    for path in specs.items(args.combine, what='--combine'):
       with open(path) as f:
         lines.append(json.loads(f.read().strip().splitlines()[-1]))
     try:
@@ -314,8 +313,8 @@ def main():
     print(json.dumps(merged))
     return
   spec = tasks.get_task(args.task)
-  seeds = [int(s) for s in args.seeds.split(',')]
-  sides = args.sides.split(',')
+  seeds = specs.items(args.seeds, int, what='--seeds')
+  sides = specs.items(args.sides, what='--sides')
   results = {side: [] for side in sides}
   seconds = {side: [] for side in sides}
   for seed in seeds:

@@ -42,6 +42,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from research import specs  # pylint: disable=wrong-import-position
 from research.checkpoints import load_pretrained, resolve  # pylint: disable=wrong-import-position
 from research.checkpoints.hf_load import load_tokenizer  # pylint: disable=wrong-import-position
 from research.data.sources import default_data_dir, load_examples  # pylint: disable=wrong-import-position
@@ -121,7 +122,7 @@ def main():
         f'calibration={args.calibration}')
   print(f'{"shape":>7} ' + ' '.join(f'{m:>14}' for m in MODELS))
   figures, cosines = {}, {}
-  for shape in args.shapes.split(','):
+  for shape in specs.items(args.shapes, what='--shapes'):
     batch, length = (int(v) for v in shape.split('x'))
     b = encode(tokenizer, dev, batch, length)
     ids_t = torch.from_numpy(b['input_ids'].astype(np.int64))

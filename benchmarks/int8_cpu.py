@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from research import specs  # pylint: disable=wrong-import-position
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
 from research.checkpoints.hf_load import load_tokenizer  # pylint: disable=wrong-import-position
 from research.data.sources import default_data_dir, load_examples  # pylint: disable=wrong-import-position
@@ -116,7 +117,7 @@ def main():
   print(f'model={args.model} calibration={args.calibration} backend={jax.default_backend()} '
         f'cpus={os.cpu_count()} jax={jax.__version__}')
   rows = []
-  for batch in (int(b) for b in args.batch_sizes.split(',')):
+  for batch in specs.items(args.batch_sizes, int, what='--batch_sizes'):
     data = batches(tokenizer, dev[:args.sentences], batch)
     # One pass over every batch per call; the warm-up pass compiles every shape.
     passes = {name: (lambda name=name, p_=p_: [

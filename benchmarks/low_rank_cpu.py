@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from research import specs  # pylint: disable=wrong-import-position
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
 from research.evaluate.speed import encoder_flops, time_fn  # pylint: disable=wrong-import-position
 from research.models import Encoder  # pylint: disable=wrong-import-position
@@ -40,7 +41,7 @@ def main():
   args = p.parse_args()
   config, params = load_pretrained(args.model)
   models = {'dense': (config, jax.device_put(params))}
-  for rank in (int(r) for r in args.ranks.split(',')):
+  for rank in specs.items(args.ranks, int, what='--ranks'):
     c, q, _ = low_rank.factorize(config, params, rank=rank, sites=args.sites)
     models[f'rank {rank}'] = (c, jax.device_put(q))
   apply = {name: jax.jit(lambda p, ids, mask, c=c: Encoder(c).apply({'params': p}, ids, mask)[0])
@@ -48,7 +49,7 @@ def main():
   rng = np.random.default_rng(0)
   rows = []
   print(f'model={args.model} sites={args.sites} backend={jax.default_backend()}')
-  for shape in args.shapes.split(','):
+  for shape in specs.items(args.shapes, what='--shapes'):
     batch, length = (int(v) for v in shape.split('x'))
     ids = rng.integers(1000, config.vocab_size, (batch, length)).astype(np.int32)
     mask = np.ones_like(ids)

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from research import specs  # pylint: disable=wrong-import-position
 from research.checkpoints import load_pretrained  # pylint: disable=wrong-import-position
 from research.evaluate import op_profile  # pylint: disable=wrong-import-position
 from research.evaluate.hlo_ops import CLASSES  # pylint: disable=wrong-import-position
@@ -130,10 +131,10 @@ def main():
   args = parser.parse_args()
   if args.quick:
     args.batches, args.lengths, args.steps = '1', '64,256', 2
-  modes = args.modes.split(',')
-  dtypes = args.dtypes.split(',')
-  batches = [int(b) for b in args.batches.split(',')]
-  lengths = [int(n) for n in args.lengths.split(',')]
+  modes = specs.items(args.modes, what='--modes')
+  dtypes = specs.items(args.dtypes, what='--dtypes')
+  batches = specs.items(args.batches, int, what='--batches')
+  lengths = specs.items(args.lengths, int, what='--lengths')
   device = jax.devices()[0]
   print(f'model={args.model} backend={jax.default_backend()} device={device.device_kind} '
         f'cpus={os.cpu_count()} jax={jax.__version__} steps={args.steps} '

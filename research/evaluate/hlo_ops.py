@@ -40,6 +40,7 @@ import os
 import re
 from typing import Iterable, NamedTuple
 
+from research.models import mixed_matmul
 from research.train.step import OPTIMIZER_SCOPE  # pylint: disable=unused-import
 
 CLASSES = ('proj', 'attn', 'smax', 'LN', 'GELU', 'emb', 'opt', 'data', 'other')
@@ -79,8 +80,7 @@ def einsum_batched(spec: str) -> bool | None:
   """
   if '->' not in spec or spec.count(',') != 1:
     return None
-  inputs, out = spec.split('->')
-  lhs, rhs = inputs.split(',')
+  lhs, rhs, out = mixed_matmul.parse_einsum(spec)
   return bool(set(lhs) & set(rhs) & set(out))
 
 

@@ -24,9 +24,16 @@ import jax.numpy as jnp
 _LOW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _parse(spec: str) -> tuple[str, str, str]:
+def parse_einsum(spec: str) -> tuple[str, str, str]:
+  """(lhs, rhs, output) index strings of a two-operand einsum 'ab,bc->ac' (the one
+  parser of einsum specs: projections, quantization and profiles read them here)."""
   inputs, out = spec.replace(' ', '').split('->')
   lhs, rhs = inputs.split(',')
+  return lhs, rhs, out
+
+
+def _parse(spec: str) -> tuple[str, str, str]:
+  lhs, rhs, out = parse_einsum(spec)
   for name, term, other in (('lhs', lhs, rhs), ('rhs', rhs, lhs)):
     if len(set(term)) != len(term):
       raise ValueError(f'einsum {spec!r}: repeated index in {name}')

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models import products
+from research.models import mixed_matmul, products
 from research.models.rules import Registry, Rules
 
 Array = jax.Array
@@ -42,9 +42,7 @@ default_init = nn.initializers.truncated_normal(stddev=0.02)
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
   """(input indices, kernel indices, output indices) of a projection's einsum."""
-  inputs, out = spec.replace(' ', '').split('->')
-  x, kernel = inputs.split(',')
-  return x, kernel, out
+  return mixed_matmul.parse_einsum(spec)
 
 
 def kernel_axes_split(spec: str) -> tuple[str, str]:

@@ -30,6 +30,7 @@ import zipfile
 import jax
 import numpy as np
 
+from research import specs
 from research.checkpoints import hf_heads, load_tokenizer
 from research.data import tasks
 from research.train import saved_runs
@@ -88,10 +89,7 @@ def teacher_folders(config) -> list[str]:
   """The teachers named by `config.distill.teachers` (comma-separated): absolute run
   folders, and 'hf:<folder or Hub id>' (an existing folder made absolute)."""
   refs = []
-  for entry in config.distill.teachers.split(','):
-    entry = entry.strip()
-    if not entry:
-      continue
+  for entry in specs.items(config.distill.teachers, what='config.distill.teachers'):
     if entry.startswith(HF_PREFIX):
       name = entry[len(HF_PREFIX):].strip()
       if not name:

@@ -43,6 +43,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from research import specs
+
 RELATIONS = ('query', 'key', 'value')
 _LOG_FLOOR = jnp.finfo(jnp.float32).tiny  # log(p) of a 0 probability stays finite
 
@@ -69,7 +71,7 @@ def layer_pairs(spec: str, student_layers: int, teacher_layers: int
                        f'({s} student, {t} teacher layers)')
     return tuple((s - k + j, t - k + j) for j in range(k))
   try:
-    teacher = [int(x) for x in spec.split(',')]
+    teacher = specs.items(spec, int, what='layer map')
   except ValueError:
     raise ValueError(f"layer map {spec!r} is not 'uniform', 'last:k' or a comma-separated "
                      'list of teacher layers') from None

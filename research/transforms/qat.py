@@ -102,12 +102,6 @@ class QuantSpec:
     return cls(**fields)
 
 
-def _parse_einsum(spec: str) -> tuple[str, str, str]:
-  inputs, out = spec.replace(' ', '').split('->')
-  lhs, rhs = inputs.split(',')
-  return lhs, rhs, out
-
-
 def _activation(x, term: str, other: str, out: str, spec: QuantSpec):
   if not spec.activation_bits:
     return x
@@ -122,7 +116,7 @@ def projection_product(text: str) -> products.Product:
   spec = QuantSpec.parse(text)
 
   def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
-    x_term, k_term, out = _parse_einsum(einsum)
+    x_term, k_term, out = mixed_matmul.parse_einsum(einsum)
     lhs = _activation(lhs, x_term, k_term, out, spec)
     if spec.weight_bits:
       contracted = [i for i, c in enumerate(k_term) if c not in out]
@@ -136,7 +130,7 @@ def activation_product(text: str) -> products.Product:
   spec = QuantSpec.parse(text)
 
   def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
-    a, b, out = _parse_einsum(einsum)
+    a, b, out = mixed_matmul.parse_einsum(einsum)
     lhs, rhs = _activation(lhs, a, b, out, spec), _activation(rhs, b, a, out, spec)
     return mixed_matmul.einsum(einsum, lhs, rhs, bias=bias, out_dtype=out_dtype)
   return product

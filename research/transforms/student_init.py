@@ -56,14 +56,6 @@ def _per_layer(value, layers: Sequence[int]):
   return value if isinstance(value, int) else tuple(value[i] for i in layers)
 
 
-def parse_layers(text: str) -> list[int]:
-  """'0,2,4' -> [0, 2, 4] (the `--layers` flag)."""
-  try:
-    return [int(x) for x in str(text).split(',') if x.strip()]
-  except ValueError:
-    raise ValueError(f'layers must be comma-separated integers, got {text!r}') from None
-
-
 def select_layers(config: EncoderConfig, params: Mapping[str, Any], layers: Sequence[int]
                   ) -> tuple[EncoderConfig, dict]:
   """Keeps the encoder layers `layers` (0-based, in this order); returns (config, params).

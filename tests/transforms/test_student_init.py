@@ -58,8 +58,9 @@ def test_select_layers_errors(params):
     student_init.select_layers(CONFIG, params, [])
   with pytest.raises(ValueError, match='sharing'):
     student_init.select_layers(CONFIG.shared(1), params, [0])
-  with pytest.raises(ValueError, match='comma-separated integers'):
-    student_init.parse_layers('0,two')
+  from research.runs import transform  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="layers '0,two': 'two' is not an int"):
+    transform.select_layers_run(None, layers='0,two')
 
 
 def test_truncating_heads_and_ffn_equals_zeroing_them(params):
