@@ -15,13 +15,13 @@ import os
 
 from absl import app, flags
 
-from research.train import saved_runs
+from research.runs import export
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  folder = saved_runs.export_run(os.path.abspath(f.workdir), f.out, f.checkpoint, f.pad)
+  folder = export.export_run(os.path.abspath(f.workdir), f.out, f.checkpoint, f.pad)
   print(f'Exported {f.workdir} ({f.checkpoint} checkpoint) to {folder}')
 
 

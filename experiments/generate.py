@@ -19,7 +19,6 @@ import jax
 from absl import app, flags
 
 from research.runs import generation
-from research.train import saved_runs
 
 flags.DEFINE_string('model', None, 'A Hugging Face GPT-2 folder, a run folder (runs/x, '
                     'runs/x:latest) or a Hub id.')
@@ -46,7 +45,7 @@ def main(argv):
     result = generation.sample(config, params, tokenizer, prompts,
                                max_new_tokens=f.max_new_tokens, stop=f.stop, **sampling)
   else:  # an encoder: its masked-LM head writes by iterative mask prediction
-    model, params, tokenizer = saved_runs.load_masked_lm(f.model)
+    model, params, tokenizer = generation.load_masked_lm(f.model)
     result = generation.sample_masked(model, params, tokenizer, prompts,
                                       max_new_tokens=f.max_new_tokens, **sampling)
   for prompt, text in zip(prompts, result['samples']):

@@ -9,7 +9,7 @@ opcodes of the op and of what it fuses, their jax `op_name` (flax module paths:
 'attention', 'attention_norm', 'mlp', 'embeddings', ...; the einsum spec the product
 seam records, e.g. 'bhqd,bhkd->bhqk'; named scopes), dot batch dimensions, and the
 innermost stack frame's file (work traced in the product seam,
-research/models/{mixed_matmul,products,projections}.py or quantize.py, counts with its
+research/models/{mixed_matmul,products,projections}.py or quantize.py, qat.py, lora.py, counts with its
 product):
   proj   projection GEMMs (dots without batch dims: Q/K/V, attention output, FFN, head),
          forward and backward, with bias add/gradient and int8 (de)quantization
@@ -60,7 +60,7 @@ _NORMS = {'attention_norm', 'output_norm', 'layer_norm', 'final_norm', 'LayerNor
 _PROJECTIONS = {'query', 'key', 'value', 'out', 'intermediate', 'output', 'pooler',
                 'projection', 'dense', 'classifier', 'head', 'kernel'}
 # Files of the product seam (research/models/): ops traced there belong to a product.
-_SEAM_FILES = {'mixed_matmul.py', 'products.py', 'projections.py', 'quantize.py'}
+_SEAM_FILES = {'mixed_matmul.py', 'products.py', 'projections.py', 'quantize.py', 'qat.py', 'lora.py'}
 _GEMM_TARGET = re.compile(r'gemm|matmul|cublas|\$dot', re.I)
 _ATTENTION_TARGET = re.compile(r'fmha|flash|attention', re.I)
 # Strength of each class when a fusion mixes several (higher wins).

@@ -33,143 +33,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import hooks, projections, products
+from research.models import projections, products
 from research.models.config import EncoderConfig
 from research.models.dropout import Dropout
+from research.models.embeddings import Embeddings
+from research.models.layers import LayerNorm, activation, hook, logical_param, projection
 
 Array = jax.Array
-_init = projections.default_init
-
-
-def activation(name: str):
-  """The activation function called `name` (see config.ACTIVATIONS)."""
-  if name == 'gelu':
-    # Exact GELU written with erf (jax.nn.gelu uses an erfc form). On XLA:CPU the two
-    # timed within noise of each other (benchmarks/encoder_layer_ops_cpu.py), while the
-    # erfc form's HLO computed the bias add twice. Results agree to float32 rounding.
-    return lambda x: x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
-  if name == 'gelu_tanh':
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  if name == 'relu':
-    return jax.nn.relu
-  raise ValueError(f'Unknown activation {name!r}')
-
-
-def _param(module: nn.Module, name: str, shape, axes, init, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
-
-
-def projection(parent: nn.Module, cfg: EncoderConfig, name: str, spec: str,
-               kernel_shape: tuple[int, ...], kernel_axes: tuple[str, ...],
-               out_dtype=None) -> projections.Projection:
-  """The projection module `name` of `parent`, of the kind `cfg.projections` picks."""
-  return projections.make(
-      cfg.projections, projections.site_of(parent, name), name=name, spec=spec,
-      kernel_shape=kernel_shape, kernel_axes=kernel_axes, products=cfg.products,
-      dtype=cfg.compute_dtype, out_dtype=out_dtype, param_dtype=cfg.params_dtype)
-
-
-def hook(parent: nn.Module, name: str, x: Array) -> Array:
-  """x through the hook at `parent`'s path + name (`hooks.py`; identity by default)."""
-  rules = parent.config.hooks
-  return hooks.apply(rules, projections.site_of(parent, name), x) if rules else x
-
-
-class LayerNorm(nn.Module):
-  """LayerNorm computed in float32 (bf16 statistics lose parity), cast back."""
-  eps: float
-  param_dtype: Any = jnp.float32
-  dtype: Any = None  # output dtype; None = the input's
-
-  @nn.compact
-  def __call__(self, x):
-    features = x.shape[-1]
-    scale = _param(self, 'scale', (features,), ('embed',), nn.initializers.ones,
-                   self.param_dtype)
-    bias = _param(self, 'bias', (features,), ('embed',), nn.initializers.zeros,
-                  self.param_dtype)
-    y = x.astype(jnp.float32)
-    mean = y.mean(-1, keepdims=True)
-    var = jnp.square(y - mean).mean(-1, keepdims=True)
-    y = (y - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * scale + bias).astype(self.dtype or x.dtype)
-
-
-class Embed(nn.Module):
-  """An embedding table (param 'embedding' [rows, features]) that can also `attend`."""
-  rows: int
-  features: int
-  products: tuple[tuple[str, str], ...] = ()
-  hooks: tuple[tuple[str, str], ...] = ()
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def setup(self):
-    self.embedding = _param(self, 'embedding', (self.rows, self.features), ('vocab', 'embed'),
-                            _init, self.param_dtype)
-
-  def __call__(self, ids: Array) -> Array:
-    table = self.embedding
-    if self.hooks:  # e.g. the table fake-quantized (fully quantized BERT)
-      table = hooks.apply(self.hooks, projections.site_of(self, 'table'), table)
-    return jnp.take(table, ids, axis=0).astype(self.dtype)
-
-  def attend(self, x: Array, out_dtype=jnp.float32) -> Array:
-    """x [..., features] times the transposed table: [..., rows] (tied output heads)."""
-    site = '/'.join(str(p) for p in self.scope.path)
-    lead = 'abcdefgh'[:x.ndim - 1]
-    return products.product_at(self.products, site)(
-        f'{lead}e,ve->{lead}v', x.astype(self.dtype), self.embedding.astype(self.dtype),
-        out_dtype=out_dtype)
-
-
-class Embeddings(nn.Module):
-  config: EncoderConfig
-
-  def setup(self):
-    cfg = self.config
-    table = lambda rows: Embed(rows, cfg.embed_size, cfg.products, cfg.hooks,
-                               cfg.compute_dtype, cfg.params_dtype)
-    self.word_embeddings = table(cfg.vocab_size)
-    self.position_embeddings = table(cfg.max_position_embeddings)
-    if cfg.type_vocab_size:
-      self.token_type_embeddings = table(cfg.type_vocab_size)
-    if cfg.embedding_norm:
-      self.layer_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype)
-    self.dropout = Dropout(cfg.hidden_dropout)
-    if cfg.embed_size != cfg.hidden_size:
-      self.projection = projection(self, cfg, 'projection', 'bse,eh->bsh',
-                                   (cfg.embed_size, cfg.hidden_size), ('embed_in', 'embed'))
-
-  def __call__(self, input_ids, token_type_ids, attention_mask, deterministic,
-               position_ids=None):
-    cfg = self.config
-    x = self.word_embeddings(input_ids)
-    if position_ids is not None:  # explicit rows of the position table (decoding)
-      positions = position_ids
-    elif cfg.position_offset:
-      # RoBERTa: real tokens are numbered from pad_token_id + 1, padding gets pad_token_id.
-      mask = attention_mask.astype(jnp.int32)
-      positions = jnp.cumsum(mask, axis=1) * mask + cfg.pad_token_id
-    else:
-      positions = jnp.arange(input_ids.shape[1])[None, :]
-    x = x + self.position_embeddings(positions)
-    if cfg.type_vocab_size:
-      types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-      x = x + self.token_type_embeddings(types)
-    factorised = cfg.embed_size != cfg.hidden_size
-    if factorised and cfg.embedding_project_first:
-      x = self.projection(x)
-    if cfg.embedding_norm:
-      x = self.layer_norm(x)
-    x = hook(self, 'output', x)
-    x = self.dropout(x, deterministic=deterministic)
-    if factorised and not cfg.embedding_project_first:
-      x = self.projection(x)
-    return x.astype(cfg.compute_dtype)
-
-  def attend(self, x: Array) -> Array:
-    return self.word_embeddings.attend(x)
 
 
 def attention_bias(attention_mask: Array, length: int, causal: bool, first=0) -> Array:
@@ -280,7 +150,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     cfg = self.config
     if self.width == 0:  # FFN pruned away entirely: only the output bias remains
-      bias = _param(self, 'output_bias', (cfg.hidden_size,), ('embed',),
+      bias = logical_param(self, 'output_bias', (cfg.hidden_size,), ('embed',),
                     nn.initializers.zeros, cfg.params_dtype)
       return jnp.broadcast_to(bias.astype(jnp.float32), x.shape)
     # Bias and activation in float32 (one cast per matmul input); output float32 too.

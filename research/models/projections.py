@@ -62,7 +62,8 @@ def cast(x, dtype):
   return x if x.dtype == jnp.dtype(dtype) else x.astype(dtype)
 
 
-def _param(module: nn.Module, name: str, shape, axes, init, dtype):
+def logical_param(module: nn.Module, name: str, shape, axes, init, dtype):
+  """`module.param(name, ...)` with logical axis names (the sharding rules read them)."""
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
                       dtype)
 
@@ -117,7 +118,7 @@ class Projection(nn.Module):
     if not self.use_bias:
       return None
     n_in, _ = self._split()
-    return _param(self, 'bias', self.kernel_shape[n_in:], self.kernel_axes[n_in:],
+    return logical_param(self, 'bias', self.kernel_shape[n_in:], self.kernel_axes[n_in:],
                   nn.initializers.zeros, self.param_dtype)
 
 
@@ -127,7 +128,7 @@ class Dense(Projection):
   @nn.compact
   def weights(self) -> tuple[Array, Array | None]:
     """(kernel, bias) as stored, for a parent that fuses several products into one."""
-    kernel = _param(self, 'kernel', self.kernel_shape, self.kernel_axes, self.kernel_init,
+    kernel = logical_param(self, 'kernel', self.kernel_shape, self.kernel_axes, self.kernel_init,
                     self.param_dtype)
     return kernel, self.bias_param()
 
@@ -167,9 +168,9 @@ class LowRank(Projection):
       raise ValueError(f'{self.site}: low_rank rank {self.rank} must be in 1..'
                        f'{min(fan_in, fan_out)} for a {fan_in} x {fan_out} kernel')
     # Factors keep the kernel's axis names; the rank axis is unsharded.
-    a = _param(self, 'a', self.kernel_shape[:n_in] + (self.rank,),
+    a = logical_param(self, 'a', self.kernel_shape[:n_in] + (self.rank,),
                self.kernel_axes[:n_in] + ('rank',), self.kernel_init, self.param_dtype)
-    b = _param(self, 'b', (self.rank,) + self.kernel_shape[n_in:],
+    b = logical_param(self, 'b', (self.rank,) + self.kernel_shape[n_in:],
                ('rank',) + self.kernel_axes[n_in:], self.kernel_init, self.param_dtype)
     bias = self.bias_param()
     x_idx, _, out_idx = parse_spec(self.spec)

@@ -26,12 +26,13 @@ from research.data import glue_tsv, local_source, tasks
 from research.data.sources import default_data_dir, load_examples
 from research.data.tokenize import encode
 from research.objectives import masked_lm
+from research.runs import generation
 from research.train import saved_runs
 
 
 def load_mlm(ref: str) -> tuple[Any, Any, Any]:
   """(logits_at, params, tokenizer) of a pre-training run or a HF masked-LM checkpoint."""
-  model, params, tokenizer = saved_runs.load_masked_lm(ref)
+  model, params, tokenizer = generation.load_masked_lm(ref)
   return masked_lm.logits_at_fn(model), params, tokenizer
 
 

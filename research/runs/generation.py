@@ -2,7 +2,7 @@
 
     config, params, tokenizer = load_model('runs/clm:best')        # or a GPT-2 folder
     result = sample(config, params, tokenizer, ['The meaning of life is'], max_new_tokens=50)
-    model, params, tokenizer = saved_runs.load_masked_lm('runs/mlm')
+    model, params, tokenizer = load_masked_lm('runs/mlm')   # or a HF folder with its MLM head
     result = sample_masked(model, params, tokenizer, ['The'], max_new_tokens=20)
 
 A causal model decodes with the cached, jitted sampler (`research/models/generate.py`);
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from research.checkpoints import hub, load_pretrained, load_tokenizer
+from research.checkpoints.hf_pretraining_heads import load_pretraining_model
 from research.evaluate import speed
 from research.models import generate as gen
 from research.models import mask_predict
@@ -89,3 +90,20 @@ def sample_masked(model, params, tokenizer, prompts: Sequence[str], *, max_new_t
   return {'samples': samples, 'tokens': tokens, 'new_tokens': int(tokens.size),
           'seconds': seconds, 'tokens_per_s': tokens.size / seconds,
           'first_call_seconds': first}
+
+
+def load_masked_lm(ref: str) -> tuple[Any, Any, Any]:
+  """(model, params, tokenizer) of a masked LM: a run folder of ours whose objective is
+  masked_lm / pretraining (`runs/x`, `runs/x:latest`), or a Hugging Face checkpoint folder
+  or Hub id loaded with its MLM head (`load_pretraining_model`; a bare encoder gets a
+  fresh, untrained head and a logged note)."""
+  workdir, which = saved_runs.parse_ref(ref)
+  if os.path.isfile(os.path.join(workdir, saved_runs.MODEL_FILE)):
+    model = saved_runs.read_model(workdir)
+    if not callable(getattr(model.objective, 'vocabulary_logits', None)):
+      raise ValueError(f'{ref}: its objective is {model.objective.kind!r}, not a masked LM; '
+                       'give a pre-training run (experiments/configs/pretrain.py)')
+    params, _ = saved_runs.restore_params(workdir, which)
+    return model, params, saved_runs.run_tokenizer(workdir)
+  model, params = load_pretraining_model(ref, pair='')
+  return model, params, load_tokenizer(ref)

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from research import objectives
-from research.checkpoints import hf_heads, hub, load_tokenizer
+from research.checkpoints import hub, load_tokenizer
 from research.checkpoints.hf_load import read_config
 from research.data import tasks
 from research.models import projections
@@ -376,43 +376,3 @@ def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
       forward, features, batch_size or run.config.eval_batch_size,
       max_length or run.config.max_length, pad_multiple or run.config.pad_multiple)
   return np.stack(out) if objective.supports_ensemble else out
-
-
-def load_masked_lm(ref: str) -> tuple[TaskModel, Any, Any]:
-  """(model, params, tokenizer) of a masked LM: a run folder of ours whose objective is
-  masked_lm / pretraining (`runs/x`, `runs/x:latest`), or a Hugging Face checkpoint folder
-  or Hub id loaded with its MLM head (`load_pretraining_model`; a bare encoder gets a
-  fresh, untrained head and a logged note)."""
-  workdir, which = parse_ref(ref)
-  if os.path.isfile(os.path.join(workdir, MODEL_FILE)):
-    model = read_model(workdir)
-    if not callable(getattr(model.objective, 'vocabulary_logits', None)):
-      raise ValueError(f'{ref}: its objective is {model.objective.kind!r}, not a masked LM; '
-                       'give a pre-training run (experiments/configs/pretrain.py)')
-    params, _ = restore_params(workdir, which)
-    return model, params, run_tokenizer(workdir)
-  from research.checkpoints.hf_pretraining_heads import load_pretraining_model  # pylint: disable=g-import-not-at-top
-  model, params = load_pretraining_model(ref, pair='')
-  return model, params, load_tokenizer(ref)
-
-
-def export_run(workdir: str, folder: str, which: str = 'best', pad: bool = True) -> str:
-  """Writes a run as a Hugging Face folder (model with its task head, tokenizer).
-
-  Pruned heads and FFN units are padded back with zeros (same outputs; see
-  `hf_export.pad_pruned`), or with `pad=False` written as `pruned_heads` (transformers
-  < 5). What transformers cannot express (per-layer FFN widths without padding,
-  cross-layer sharing outside ALBERT, a head on a layer mix or another pooling than the
-  family's) is a ValueError naming why. Compressed projections are written as the dense
-  kernels they stand for (low-rank factors multiplied out, int8 values dequantized; an
-  int8 run's static activation grids are not representable and are dropped).
-  """
-  run = load_run(workdir, which)
-  model, params = run.model, run.params
-  if model.encoder.projections:  # low-rank, int8, ...: written as their dense kernels
-    params = projections.densify(model.encoder.projections, params)
-    model = model.clone(encoder=model.encoder.replace(projections=()))
-  tokenizer = os.path.join(run.workdir, TOKENIZER_DIR)
-  hf_heads.export_task_model(model, params, folder, run.spec.label_names or None,
-                             tokenizer if os.path.isdir(tokenizer) else run.config.model, pad)
-  return folder

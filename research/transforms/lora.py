@@ -17,7 +17,7 @@ decides the rest, e.g. 'bitfit' also trains the encoder's biases). Frozen params
 no optimizer state, so AdamW keeps moments for the factors alone.
 
 Merge on export: `dense_params` gives `W + (ALPHA / R) A B`, which is what
-`projections.densify` (Hugging Face export, `saved_runs.export_run`) writes, so an
+`projections.densify` (Hugging Face export, `research/runs/export.py`) writes, so an
 exported LoRA run is a plain model of the base architecture. A run that keeps its
 adapters (model.json names the `lora` kind) restores as itself for `init_from`.
 """
@@ -52,10 +52,6 @@ def parse_kind(argument: str) -> tuple[int, float]:
   return rank, alpha
 
 
-def _param(module: nn.Module, name: str, shape, axes, init, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
-
-
 def _factor_specs(spec: str, rank_letter: str) -> tuple[str, str]:
   """The einsums x -> x A [..., R] and (x A) -> (x A) B of a projection spec."""
   x_idx, _, out_idx = projections.parse_spec(spec)
@@ -77,13 +73,13 @@ class LoRA(projections.Projection):
     fan_out = math.prod(self.kernel_shape[n_in:])
     if self.rank > min(fan_in, fan_out):
       raise ValueError(f'{self.site}: lora rank {self.rank} exceeds min({fan_in}, {fan_out})')
-    kernel = _param(self, 'kernel', self.kernel_shape, self.kernel_axes,
+    kernel = projections.logical_param(self, 'kernel', self.kernel_shape, self.kernel_axes,
                                self.kernel_init, self.param_dtype)
     bias = self.bias_param()
-    a = _param(self, 'lora_a', self.kernel_shape[:n_in] + (self.rank,),
+    a = projections.logical_param(self, 'lora_a', self.kernel_shape[:n_in] + (self.rank,),
                           self.kernel_axes[:n_in] + ('rank',),
                           nn.initializers.normal(1.0 / math.sqrt(fan_in)), jnp.float32)
-    b = _param(self, 'lora_b', (self.rank,) + self.kernel_shape[n_in:],
+    b = projections.logical_param(self, 'lora_b', (self.rank,) + self.kernel_shape[n_in:],
                           ('rank',) + self.kernel_axes[n_in:], nn.initializers.zeros,
                           jnp.float32)
     product = self.product()

@@ -1,12 +1,13 @@
 """Executes the notebooks end to end in their tiny mode and checks what they print.
 
 Each notebook runs in a fresh python3 kernel (the one installed in the venv), with
-NOTEBOOK_TINY=1 and the repo root as its working directory, as CI does.
+NOTEBOOK_TINY=1 and the repo root as its working directory, as CI does. The notebook is
+executed in memory: the stored file (executed at CPU size, with its outputs) is not
+touched.
 """
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -32,14 +33,24 @@ def execute(name: str) -> nbformat.NotebookNode:
 
 
 def stream_text(nb) -> str:
+  """What the cells printed and displayed as text (a displayed markdown table as its
+  markdown source)."""
   parts = []
   for cell in nb.cells:
     for out in cell.get('outputs', []):
       if out.get('output_type') == 'stream' and out.get('name') == 'stdout':
         parts.append(out['text'])
-      elif 'data' in out and 'text/plain' in out['data']:
-        parts.append(out['data']['text/plain'])
+      elif 'data' in out:
+        for kind in ('text/markdown', 'text/plain'):
+          if kind in out['data']:
+            parts.append(out['data'][kind])
+            break
   return '\n'.join(parts)
+
+
+def code_cells(path: Path) -> list[str]:
+  return [cell['source'] for cell in nbformat.read(path, as_version=4).cells
+          if cell['cell_type'] == 'code']
 
 
 @pytest.fixture(scope='module')
@@ -71,22 +82,26 @@ def test_scalar_mix_weights_are_a_distribution_and_plotted(transfer_nb):
 def test_freezing_table_orders_presets_by_trainable_params(transfer_nb):
   text = stream_text(transfer_nb)
   rows = {}
-  for m in re.finditer(r'^(\S+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)%\s+([\d,]+)\s*$', text,
-                       re.MULTILINE):
-    rows[m.group(1)] = dict(acc=float(m.group(2)), trainable=int(m.group(3).replace(',', '')),
-                            state=int(m.group(5).replace(',', '')))
-  assert set(rows) == {'full', 'feature_extractor', 'bitfit', 'bottom:3'}, text
+  for m in re.finditer(r'^(\S+)\s+([\d.e+-]+)\s+([\d.]+)\s+([\d,]+)\s+([\d.]+)%\s+([\d,]+)'
+                       r'\s+(\d+)\s*$', text, re.MULTILINE):
+    rows[m.group(1)] = dict(lr=float(m.group(2)), acc=float(m.group(3)),
+                            trainable=int(m.group(4).replace(',', '')),
+                            state=int(m.group(6).replace(',', '')), wall=int(m.group(7)))
+  assert set(rows) == {'full', 'feature_extractor', 'bitfit', 'bottom:3', 'lora:8'}, text
   for r in rows.values():
-    assert 0 <= r['acc'] <= 100
-  order = ['feature_extractor', 'bitfit', 'bottom:3', 'full']
+    assert 0 <= r['acc'] <= 100 and r['lr'] > 0
+  order = ['feature_extractor', 'bitfit', 'lora:8', 'bottom:3', 'full']
   trainable = [rows[n]['trainable'] for n in order]
   state = [rows[n]['state'] for n in order]
-  assert trainable == sorted(trainable) and len(set(trainable)) == 4, rows
-  assert state == sorted(state) and len(set(state)) == 4, rows
+  assert trainable == sorted(trainable) and len(set(trainable)) == 5, rows
+  assert state == sorted(state) and len(set(state)) == 5, rows
   # MiniLM-L6 has ~22.7M parameters; the frozen-encoder head + mix is under 1k.
   assert rows['full']['trainable'] > 2e7
   assert rows['feature_extractor']['trainable'] < 2000
-  # AdamW: two float32 moments per trainable parameter (+ small step counters).
+  # LoRA rank 8 on query and value of 6 layers: 6 * 2 * 8 * (384 + 384) factors + the head.
+  assert rows['lora:8']['trainable'] - rows['feature_extractor']['trainable'] == 6 * 2 * 8 * 768
+  # AdamW: two float32 moments per trainable parameter (+ small step counters); LoRA's
+  # frozen kernels hold none.
   for r in rows.values():
     assert 8 * r['trainable'] <= r['state'] <= 8 * r['trainable'] + 1024
 
@@ -103,6 +118,16 @@ def test_notebook_installs_only_extras_the_project_defines():
     assert 'from experiments' not in source and 'import experiments' not in source, path.name
 
 
+def test_notebooks_call_the_library_not_scripts():
+  """No script runs from a notebook (no `python -m experiments...` subprocess): a
+  subprocess appears only in the Colab setup cell (git clone, pip install)."""
+  for path in NOTEBOOKS.glob('*.ipynb'):
+    for code in code_cells(path):
+      assert 'experiments' not in code and 'run_experiment' not in code, (path.name, code)
+      if 'subprocess' in code or code.lstrip().startswith('!'):
+        assert "'google.colab' in sys.modules" in code, (path.name, code)
+
+
 @pytest.fixture(scope='module')
 def quantization_nb():
   return execute('02_quantization.ipynb')
@@ -115,16 +140,21 @@ def test_quantization_table_has_every_model_and_int8_is_smaller_on_disk(quantiza
   text = stream_text(quantization_nb)
   assert 'tiny=True' in text
   rows = {m.group(1).strip(): dict(acc=float(m.group(2)), mb=float(m.group(3)),
-                                   speed=float(m.group(4)))
-          for m in re.finditer(r'^(float32|int8 .+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$',
-                               text, re.MULTILINE)}
+                                   b1=float(m.group(4)), b8=float(m.group(5)),
+                                   factor=float(m.group(6)))
+          for m in re.finditer(r'^(float32|int8 .+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)'
+                               r'\s+([\d.]+)\s*$', text, re.MULTILINE)}
   assert set(rows) == {'float32', 'int8 PTQ (max)', 'int8 PTQ (percentile)',
                        'int8 PTQ (mse)', 'int8 QAT w8a8 (max)'}, text
+  assert re.search(r'^float32, static length\s+-\s+-\s+[\d.]+\s+[\d.]+\s+[\d.]+$', text,
+                   re.MULTILINE), text
+  assert rows['float32']['factor'] == 1.0
   for name, row in rows.items():
-    assert 0 <= row['acc'] <= 100 and row['speed'] > 0, (name, row)
+    assert 0 <= row['acc'] <= 100 and row['b1'] > 0 and row['b8'] > 0, (name, row)
     if name != 'float32':
       # int8 projection kernels: a quarter of their float32 bytes (embeddings stay float).
       assert row['mb'] < 0.8 * rows['float32']['mb'], (name, row, rows['float32'])
+  assert len(png_outputs(quantization_nb)) == 1  # the Pareto plot
 
 
 def output_errors(nb) -> list:
@@ -165,21 +195,19 @@ def test_distill_prune_reports_every_stage_its_speedups_and_both_plots(distill_p
   assert set(speedups) == {'dynamic length', 'distillation', 'pruning', 'int8'}, text
   assert all(a > 0 and b > 0 for a, b in speedups.values()), speedups
 
-  if importlib.util.find_spec('pandas') is None:  # the markdown table compress printed
-    rows = {m.group(1): dict(acc=float(m.group(2)), params=float(m.group(3)),
-                             mb=float(m.group(4)), b1=float(m.group(5)), b32=float(m.group(7)))
-            for m in re.finditer(r'^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+)M \| ([\d.]+) \| '
-                                 r'([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$',
-                                 text, re.MULTILINE)}
-    assert set(rows) == stages, text
-    for name, row in rows.items():
-      assert 0 <= row['acc'] <= 100 and row['b1'] > 0 and row['b32'] > 0, (name, row)
-    # One of six layers kept (~13.8M of 22.7M: the embeddings stay), then heads/FFN removed.
-    assert rows['L1 pruned']['params'] < rows['L1 distilled']['params'] < rows['teacher']['params']
-    # int8 kernels take a quarter of their float bytes; the float embeddings dominate.
-    assert rows['L1 int8']['mb'] < rows['L1 recovered']['mb'] < rows['teacher']['mb']
-  else:
-    assert 'L1 int8' in text
+  # The markdown table `compress` returns, displayed.
+  rows = {m.group(1): dict(acc=float(m.group(2)), params=float(m.group(3)),
+                           mb=float(m.group(4)), b1=float(m.group(5)), b32=float(m.group(7)))
+          for m in re.finditer(r'^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+)M \| ([\d.]+) \| '
+                               r'([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$',
+                               text, re.MULTILINE)}
+  assert set(rows) == stages, text
+  for name, row in rows.items():
+    assert 0 <= row['acc'] <= 100 and row['b1'] > 0 and row['b32'] > 0, (name, row)
+  # One of six layers kept (~13.8M of 22.7M: the embeddings stay), then heads/FFN removed.
+  assert rows['L1 pruned']['params'] < rows['L1 distilled']['params'] < rows['teacher']['params']
+  # int8 kernels take a quarter of their float bytes; the float embeddings dominate.
+  assert rows['L1 int8']['mb'] < rows['L1 recovered']['mb'] < rows['teacher']['mb']
   assert len(png_outputs(nb)) == 2  # the Sixteen Heads curve and the Pareto plot
 
 
@@ -216,3 +244,4 @@ def test_pretraining_fine_tunes_from_tapt_and_samples_the_decoder(pretraining_nb
   assert set(samples) == {(mode, p) for mode in ('greedy', 'top-p 0.9') for p in prompts}, text
   for key, sample in samples.items():
     assert isinstance(sample, str) and sample.strip(), (key, sample)
+  assert len(png_outputs(nb)) == 1  # the decoder's training curves

@@ -16,6 +16,7 @@ import pytest
 
 from research.runs import prune as prune_run
 from research.train import saved_runs
+from research.runs import export
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def test_pruned_run_reloads_starts_runs_and_exports(tiny_run, tmp_path):
   # A Hugging Face folder with the pruned heads padded back: same logits in transformers.
   transformers = pytest.importorskip('transformers')
   torch = pytest.importorskip('torch')
-  saved_runs.export_run(str(out), str(tmp_path / 'hf'))
+  export.export_run(str(out), str(tmp_path / 'hf'))
   reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(tmp_path / 'hf'), output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'], info
@@ -65,7 +66,7 @@ def test_pruned_run_reloads_starts_runs_and_exports(tiny_run, tmp_path):
   np.testing.assert_allclose(logits, ref, atol=1e-4)
   if len(set(summary['layers_after']['ffn'])) > 1:  # no unpadded HF form for these
     with pytest.raises(ValueError, match='per-layer FFN widths'):
-      saved_runs.export_run(str(out), str(tmp_path / 'hf_unpadded'), pad=False)
+      export.export_run(str(out), str(tmp_path / 'hf_unpadded'), pad=False)
 
   # Iterative: one round of 25 % of the heads, accepted at any ratio above 0.
   rounds = prune_run.prune_run(f'{tiny_run}:best', str(tmp_path / 'iterative'),

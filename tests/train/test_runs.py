@@ -24,6 +24,7 @@ from research.models import projections
 from research.train import saved_runs, trainer
 from research.train.defaults import trainer_defaults
 from research.train.metric_writer import read_metrics
+from research.runs import export
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_export_run_to_transformers(config, tmp_path):
   base = saved_runs.load_run(str(tmp_path / 'base'), 'latest')
   model, params = prune(base, heads=(3, 2), widths=(64, 64))
   saved_runs.write_run(str(tmp_path / 'pruned'), model, params, config=base.config)
-  saved_runs.export_run(str(tmp_path / 'pruned'), str(tmp_path / 'hf'))
+  export.export_run(str(tmp_path / 'pruned'), str(tmp_path / 'hf'))
   reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(tmp_path / 'hf'), output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'], info
@@ -155,7 +156,7 @@ def test_export_run_to_transformers(config, tmp_path):
   # Per-layer FFN widths too: padded with zero units, the outputs stay the same.
   model, params = prune(base, heads=(4, 1), widths=(48, 64))
   saved_runs.write_run(str(tmp_path / 'ffn'), model, params, config=base.config)
-  saved_runs.export_run(str(tmp_path / 'ffn'), str(tmp_path / 'hf2'))
+  export.export_run(str(tmp_path / 'ffn'), str(tmp_path / 'hf2'))
   reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / 'hf2'))
   with torch.no_grad():
     ref = reloaded.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
@@ -163,11 +164,11 @@ def test_export_run_to_transformers(config, tmp_path):
                              atol=1e-4)
   # Unpadded: pruned heads as `pruned_heads` (transformers < 5); per-layer FFN widths
   # have no Hugging Face form, a clear refusal.
-  saved_runs.export_run(str(tmp_path / 'pruned'), str(tmp_path / 'hf3'), pad=False)
+  export.export_run(str(tmp_path / 'pruned'), str(tmp_path / 'hf3'), pad=False)
   hf_config = json.loads((tmp_path / 'hf3' / 'config.json').read_text())
   assert hf_config['pruned_heads'] == {'0': [3], '1': [2, 3]}
   with pytest.raises(ValueError, match='per-layer FFN widths'):
-    saved_runs.export_run(str(tmp_path / 'ffn'), str(tmp_path / 'hf4'), pad=False)
+    export.export_run(str(tmp_path / 'ffn'), str(tmp_path / 'hf4'), pad=False)
 
 
 def test_frozen_teacher_in_the_step(config, tmp_path):
@@ -300,7 +301,7 @@ def test_transformed_runs_reload_and_fine_tune(config, tmp_path):
   mask = np.ones_like(ids)
   for name in ('low', 'int8'):
     run = saved_runs.load_run(str(tmp_path / name))
-    saved_runs.export_run(str(tmp_path / name), str(tmp_path / f'{name}_hf'))
+    export.export_run(str(tmp_path / name), str(tmp_path / f'{name}_hf'))
     reloaded, info = transformers.AutoModelForSequenceClassification.from_pretrained(
         str(tmp_path / f'{name}_hf'), output_loading_info=True)
     assert not info['missing_keys'] and not info['unexpected_keys'], info

@@ -13,6 +13,7 @@ import pytest
 from research.train import defaults, saved_runs, techniques, trainer
 from research.transforms import lora
 from research.transforms.technique import OwnedState, Technique
+from research.runs import export
 
 
 def tiny_config(model, root, **overrides):
@@ -82,7 +83,7 @@ def test_lora_trains_only_its_factors_and_exports_merged(tiny_model, synthetic_r
   # Merge on export: a plain BERT classifier with W + (alpha / r) A B, same logits.
   transformers = pytest.importorskip('transformers')
   torch = pytest.importorskip('torch')
-  saved_runs.export_run(str(tmp_path / 'lora'), str(tmp_path / 'hf'))
+  export.export_run(str(tmp_path / 'lora'), str(tmp_path / 'hf'))
   reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(tmp_path / 'hf')).eval()
   ids = np.random.default_rng(0).integers(1000, 2000, (2, 9))
