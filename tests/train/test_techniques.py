@@ -127,3 +127,22 @@ def test_config_schema_fills_old_configs_and_refuses_unknown_fields():
     defaults.complete({'optimizer': {'learnin_rate': 1e-4}})
   with pytest.raises(ValueError, match='must be a group of fields'):
     defaults.complete({'optimizer': 0.1})
+
+
+def test_a_run_written_before_the_schema_grew_still_loads_and_seeds_runs(
+    tiny_model, synthetic_root, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  trainer.train_and_evaluate(tiny_config(tiny_model, synthetic_root, total_steps=2,
+                                         eval_every=2), tmp_path / 'old')
+  path = tmp_path / 'old' / 'config.json'
+  values = json.loads(path.read_text())
+  for key in ('corpus', 'lora', 'token_loss', 'head_activation', 'quant_full'):
+    values.pop(key)  # fields later versions added
+  values['sparsity'].pop('initial')
+  values['retired_field'] = 1  # one a later version dropped
+  path.write_text(json.dumps(values))
+  run = saved_runs.load_run(str(tmp_path / 'old'))
+  assert run.config.lora.rank == 0 and run.config.retired_field == 1
+  follow = tiny_config(tiny_model, synthetic_root, total_steps=2, eval_every=2,
+                       init_from=f'{tmp_path / "old"}:best')
+  assert np.isfinite(trainer.train_and_evaluate(follow, tmp_path / 'new')['final']['accuracy'])
