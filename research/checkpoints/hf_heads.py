@@ -17,9 +17,10 @@ ReLU + 'classifier'. Token and span heads are one linear layer on every token
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -70,19 +71,35 @@ def _linear(tensors: dict, name: str, folder) -> dict:
   return {'kernel': np.asarray(weight, np.float32).T, 'bias': np.asarray(bias, np.float32)}
 
 
-def _label_names(hf: dict, num_labels: int, folder) -> tuple[str, ...]:
+def _label_names(hf: dict, num_labels: int, folder, given=None,
+                 given_count: int | None = None) -> tuple[str, ...]:
+  """The outputs' label names: the caller's (`given`, or `given_count` generic ones),
+  else the config's id2label, which must have one name per output row."""
+  if given is not None or given_count is not None:
+    names = (tuple(given) if given is not None
+             else tuple(f'LABEL_{i}' for i in range(given_count)))
+    if len(names) != num_labels:
+      raise hf_load.CheckpointError(
+          f'{folder}: {len(names)} label(s) given but the classifier has {num_labels} '
+          'output rows; give one label per row')
+    return names
   id2label = hf.get('id2label')
   if not id2label:
     return tuple(f'LABEL_{i}' for i in range(num_labels))
   if len(id2label) != num_labels:
     raise hf_load.CheckpointError(
         f'{folder}/config.json has {len(id2label)} labels in id2label but the classifier '
-        f'has {num_labels} outputs; fix id2label (or num_labels) in config.json')
+        f'has {num_labels} output rows. Give the labels yourself: '
+        f'load_task_model(..., num_labels={num_labels}) for generic names LABEL_0.., or '
+        f'label_names=[...] with {num_labels} names (experiments.evaluate: --hf_num_labels '
+        f'{num_labels} or --hf_labels a,b,...); or fix id2label in config.json')
   return tuple(id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(num_labels))
 
 
 def load_task_model(name: str | os.PathLike, *, dtype: str = 'float32',
-                    head_dropout: float = 0.1) -> tuple[TaskModel, dict, tuple[str, ...]]:
+                    head_dropout: float = 0.1, label_names: Sequence[str] | None = None,
+                    num_labels: int | None = None
+                    ) -> tuple[TaskModel, dict, tuple[str, ...]]:
   """Loads a fine-tuned Hugging Face classifier, tagger or QA model with its head.
 
   Args:
@@ -90,6 +107,10 @@ def load_task_model(name: str | os.PathLike, *, dtype: str = 'float32',
       *ForTokenClassification or *ForQuestionAnswering model.
     dtype: compute dtype of the rebuilt model.
     head_dropout: dropout before the head's output layer (training only).
+    label_names: the outputs' labels, in row order, instead of the config's id2label
+      (for a config whose id2label does not match the classifier).
+    num_labels: or only their number: generic names LABEL_0, ... (as transformers
+      builds when config and weights disagree).
 
   Returns:
     (TaskModel, params {'encoder', 'head'}, label names in output order).
@@ -104,26 +125,27 @@ def load_task_model(name: str | os.PathLike, *, dtype: str = 'float32',
     head = {'out': _linear(tensors, layout['out'], folder)}
     if layout['dense']:
       head['dense'] = _linear(tensors, layout['dense'], folder)
-    num_labels = head['out']['bias'].shape[0]
-    regression = hf.get('problem_type') == 'regression' or num_labels == 1
+    rows = head['out']['bias'].shape[0]
+    regression = hf.get('problem_type') == 'regression' or rows == 1
     fields = dict(pooling=layout['pooling'], head_activation=layout['activation'],
                   head_hidden=head['dense']['bias'].shape[0] if 'dense' in head else 0,
                   head_dropout=head_dropout)
     objective = (objectives.make('regression', **fields) if regression else
-                 objectives.make('classification', num_labels=num_labels, **fields))
+                 objectives.make('classification', num_labels=rows, **fields))
     used = {f'{n}.{p}' for n in (layout['out'], layout['dense']) if n for p in ('weight', 'bias')}
   else:
     out = _SPAN_OUT if kind == 'span' else _TOKEN_OUT
     head = {'out': _linear(tensors, out, folder)}
-    num_labels = head['out']['bias'].shape[0]
+    rows = head['out']['bias'].shape[0]
     objective = (objectives.make('span', head_dropout=head_dropout) if kind == 'span' else
-                 objectives.make('tagging', num_labels=num_labels, head_dropout=head_dropout))
+                 objectives.make('tagging', num_labels=rows, head_dropout=head_dropout))
     used = {f'{out}.weight', f'{out}.bias'}
   has_pooler = any(n.startswith('pooler.') for n in tensors)
   config = config.replace(use_pooler=has_pooler)
   encoder_tensors = {k: v for k, v in tensors.items() if k not in used}
   encoder = hf_load.convert(config, encoder_tensors)
-  labels = (_label_names(hf, num_labels, folder) if kind != 'span' else ('start', 'end'))
+  labels = (_label_names(hf, rows, folder, label_names, num_labels) if kind != 'span'
+            else ('start', 'end'))
   head = {k: {p: v.astype(config.params_dtype) for p, v in d.items()} for k, d in head.items()}
   return TaskModel(config, objective), {'encoder': encoder, 'head': head}, labels
 
@@ -164,9 +186,8 @@ def task_tensors(model: TaskModel, params: dict, pad: bool = True
   if model.layer_mix != 'top':
     raise ValueError(f"A head on layer_mix={model.layer_mix!r} has no Hugging Face layout "
                      "(their heads read the top layer)")
-  if kind == 'causal_lm' and mt == 'gpt2':  # the LM head is the tied embedding table
-    tensors = {hf_names.BASE_PREFIX[mt] + k: v
-               for k, v in hf_export.to_hf_tensors(config, encoder_params).items()}
+  if kind == 'causal_lm' and mt == 'gpt2':  # the LM head: tied, or the encoder's lm_head
+    tensors = hf_names.with_base_prefix(hf_export.to_hf_tensors(config, encoder_params), mt)
     return tensors, {'architectures': ['GPT2LMHeadModel']}, config
   if kind not in _ARCH_SUFFIX or mt not in _ARCH_PREFIX:
     raise ValueError(f'A {mt} model with a {kind} head has no Hugging Face task-model export '
@@ -215,6 +236,8 @@ def export_task_model(model: TaskModel, params: dict, folder: str | os.PathLike,
   """
   tensors, extra, encoder_config = task_tensors(model, params, pad)
   hf_config = {**hf_names.config_to_hf(encoder_config), **extra}
+  if model.objective.kind == 'causal_lm':
+    hf_config.update(_special_ids(encoder_config, tokenizer_from))
   if label_names:
     hf_config['id2label'] = {str(i): name for i, name in enumerate(label_names)}
     hf_config['label2id'] = {name: i for i, name in enumerate(label_names)}
@@ -223,3 +246,20 @@ def export_task_model(model: TaskModel, params: dict, folder: str | os.PathLike,
     hf_config['label2id'] = {f'LABEL_{i}': i for i in range(extra['num_labels'])}
   hf_config.pop('num_labels', None)
   return hf_export.write_folder(folder, tensors, hf_config, tokenizer_from)
+
+
+def _special_ids(config, tokenizer_from) -> dict:
+  """bos / eos ids a decoder's export writes: the checkpoint's own (kept as they were),
+  else those of the run's tokenizer; never an id mapped onto another token."""
+  if config.bos_token_id is not None or config.eos_token_id is not None:
+    return {'bos_token_id': config.bos_token_id, 'eos_token_id': config.eos_token_id}
+  ids = {}
+  if tokenizer_from is not None:
+    tokenizer = hf_load.load_tokenizer_folder(tokenizer_from)
+    ids = {f'{k}_token_id': getattr(tokenizer, f'{k}_token_id', None) for k in ('bos', 'eos')}
+    ids = {k: v for k, v in ids.items() if v is not None and v < config.vocab_size}
+  if len(ids) < 2:
+    logging.warning('The exported decoder has no %s token id (its tokenizer defines none); '
+                    'generation with transformers needs eos_token_id set to stop early',
+                    ' / '.join(k[:3] for k in ('bos_token_id', 'eos_token_id') if k not in ids))
+  return {'bos_token_id': ids.get('bos_token_id'), 'eos_token_id': ids.get('eos_token_id')}

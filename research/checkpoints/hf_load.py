@@ -158,9 +158,30 @@ def convert(config: EncoderConfig, tensors: Mapping[str, np.ndarray],
     raise CheckpointError(f'Checkpoint does not match the {config.model_type} model: '
                           + '; '.join(problems)
                           + '. Use dont_load=[regex] to keep chosen parameters at init.')
-  if ignored:
-    logging.info('Ignored %d non-encoder tensors: %s', len(ignored), ignored)
+  weights = [n for n in ignored if not any(re.fullmatch(p, n) for p in hf_names.BUFFERS)]
+  if weights:  # a head the encoder does not hold: say so, as transformers does
+    logging.warning('Loading the %s encoder, %d checkpoint tensor(s) that are not part of '
+                    'it were not used: %s%s', config.model_type, len(weights), weights[:8],
+                    ' ...' if len(weights) > 8 else '')
   return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def resolve_output_table(config: EncoderConfig, tensors: dict, where) -> tuple[EncoderConfig,
+                                                                                 dict]:
+  """GPT-2's LM head as the checkpoint holds it: a stored `lm_head.weight` equal to the
+  word embeddings is the tied copy (dropped); one that differs while the config says
+  tied is kept, untied, with a warning (what transformers does)."""
+  if config.model_type != 'gpt2' or 'lm_head.weight' not in tensors:
+    return config, tensors
+  if not config.tie_word_embeddings:
+    return config, tensors
+  if np.array_equal(tensors['lm_head.weight'], tensors.get('wte.weight')):
+    return config, {k: v for k, v in tensors.items() if k != 'lm_head.weight'}
+  logging.warning('%s: config.json ties the LM head to the word embeddings '
+                  '(tie_word_embeddings true), but lm_head.weight differs from wte.weight; '
+                  'keeping both, untied, as transformers does. Set tie_word_embeddings to '
+                  'false in config.json to say so and silence this.', where)
+  return config.replace(tie_word_embeddings=False), tensors
 
 
 def load_pretrained(name: str | os.PathLike, *, dont_load: Sequence[str] = (),
@@ -181,6 +202,7 @@ def load_pretrained(name: str | os.PathLike, *, dont_load: Sequence[str] = (),
   folder = hub.resolve(name)
   config, hf = read_config(folder, **config_overrides)
   tensors = _normalise_names(read_tensors(folder), hf['model_type'])
+  config, tensors = resolve_output_table(config, tensors, folder)
   if 'use_pooler' not in config_overrides:
     config = config.replace(use_pooler=_has_pooler(tensors))
   init_params = None
@@ -242,6 +264,14 @@ def load_tokenizer(name: str | os.PathLike):
   try:
     tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
   except Exception as e:  # transformers raises many types for unreadable tokenizer files
+    if not model_type and not (folder / 'tokenizer.json').is_file():
+      # transformers then blames a missing sentencepiece / tiktoken; the cause is that it
+      # cannot tell which tokenizer the vocabulary files are for.
+      raise CheckpointError(
+          f'Cannot build the tokenizer of {folder}: its config.json has no model_type, so '
+          'transformers cannot tell which tokenizer class its vocabulary files '
+          f'({sorted(p.name for p in folder.iterdir() if p.is_file())}) are for. Add '
+          'model_type (e.g. "bert" for a vocab.txt) to config.json, or a tokenizer.json') from e
     raise CheckpointError(f'Cannot build the tokenizer of {folder}: {type(e).__name__}: {e}') from e
   if not tokenizer.is_fast:
     raise ValueError(f'{folder} has no fast tokenizer (tokenizer.json)')
@@ -249,3 +279,12 @@ def load_tokenizer(name: str | os.PathLike):
   if vocab_size:
     check_tokenizer_fits(tokenizer, int(vocab_size), folder)
   return tokenizer
+
+
+def load_tokenizer_folder(source: str | os.PathLike):
+  """The fast tokenizer of a tokenizer folder (a run's tokenizer/, no config.json) or of
+  a checkpoint name / folder (`load_tokenizer`)."""
+  if os.path.isdir(source) and not (Path(source) / 'config.json').is_file():
+    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+    return AutoTokenizer.from_pretrained(str(source), use_fast=True)
+  return load_tokenizer(source)

@@ -16,16 +16,28 @@ from research.models.config import EncoderConfig, MODEL_TYPES
 # Prefix a task model (BertForSequenceClassification, ...) puts before the encoder.
 BASE_PREFIX = {'bert': 'bert.', 'roberta': 'roberta.', 'distilbert': 'distilbert.',
                'albert': 'albert.', 'gpt2': 'transformer.'}
+# Tensors of our table that sit beside the base model in a task model's checkpoint.
+OUTSIDE_BASE = ('lm_head.weight',)
+
+
+def with_base_prefix(tensors: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+  """Names as a task model (GPT2LMHeadModel, ...) stores them: the base prefix added,
+  except for the tensors that sit beside the base model (an untied `lm_head`)."""
+  prefix = BASE_PREFIX[model_type]
+  return {(k if k in OUTSIDE_BASE else prefix + k): v for k, v in tensors.items()}
 
 # Checkpoint tensors that are not part of the encoder: pre-training heads, task heads
 # and non-persistent buffers. They are skipped by default and reported; pass
 # `ignore=()` to the loader to make any of them an error.
-DEFAULT_IGNORE = (
+# Buffers are skipped silently (they are not weights); head weights with a warning.
+BUFFERS = (
     r'(.*\.)?position_ids', r'(.*\.)?token_type_ids',
+    r'h\.\d+\.attn\.(masked_)?bias',  # GPT-2's causal-mask buffers (older checkpoints)
+)
+DEFAULT_IGNORE = BUFFERS + (
     r'cls\..*', r'lm_head\..*', r'predictions\..*', r'sop_classifier\..*',
     r'vocab_(transform|layer_norm|projector)\..*',
     r'classifier\..*', r'pre_classifier\..*', r'qa_outputs\..*',
-    r'h\.\d+\.attn\.(masked_)?bias',  # GPT-2's causal-mask buffers (older checkpoints)
 )
 
 _HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh',
@@ -318,8 +330,11 @@ def _gpt2_tensor_map(config: EncoderConfig) -> list[Entry]:
                 Entry(f'{ours}/mlp/intermediate/bias', hf + 'mlp.c_fc.bias', 'copy'),
                 Entry(f'{ours}/mlp/output/kernel', hf + 'mlp.c_proj.weight', 'copy'),
                 Entry(f'{ours}/mlp/output/bias', hf + 'mlp.c_proj.bias', 'copy')]
-  return entries + [Entry('final_norm/scale', 'ln_f.weight', 'copy'),
-                    Entry('final_norm/bias', 'ln_f.bias', 'copy')]
+  entries += [Entry('final_norm/scale', 'ln_f.weight', 'copy'),
+              Entry('final_norm/bias', 'ln_f.bias', 'copy')]
+  if not config.tie_word_embeddings:  # beside the base model, not under 'transformer.'
+    entries.append(Entry('lm_head/embedding', 'lm_head.weight', 'copy'))
+  return entries
 
 
 def gpt2_config(**values: Any) -> EncoderConfig:
@@ -338,9 +353,6 @@ def _gpt2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConf
     raise ValueError('GPT-2 with scale_attn_weights=False is not supported')
   if hf.get('add_cross_attention', False):
     raise ValueError('GPT-2 with cross-attention (add_cross_attention=True) is not supported')
-  if not hf.get('tie_word_embeddings', True):
-    raise ValueError('GPT-2 with an untied lm_head (tie_word_embeddings=False) is not '
-                     'supported: the LM logits use the word-embedding table')
   act = hf.get('activation_function', 'gelu_new')
   if act not in _HF_ACTIVATIONS:
     raise ValueError(f'Unsupported activation {act!r}; supported: {sorted(_HF_ACTIVATIONS)}')
@@ -359,7 +371,11 @@ def _gpt2_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> EncoderConf
                 hidden_dropout=hf.get('resid_pdrop', 0.1),
                 attention_dropout=hf.get('attn_pdrop', 0.1),
                 # GPT-2 has no padding token; generation pads with eos (the usual choice).
-                pad_token_id=pad if pad is not None else hf.get('eos_token_id', 0) or 0)
+                pad_token_id=pad if pad is not None else hf.get('eos_token_id', 0) or 0,
+                tie_word_embeddings=bool(hf.get('tie_word_embeddings', True)),
+                # As written, even outside the vocabulary (configs copied from GPT-2 to a
+                # small vocabulary keep 50256): an export writes them back unchanged.
+                bos_token_id=hf.get('bos_token_id'), eos_token_id=hf.get('eos_token_id'))
   if values['pad_token_id'] >= values['vocab_size']:  # tiny test configs keep eos=50256
     values['pad_token_id'] = 0
   values.update(overrides)
@@ -383,5 +399,5 @@ def _gpt2_config_to_hf(config: EncoderConfig) -> dict[str, Any]:
           'n_inner': config.intermediate_size, 'activation_function': act,
           'layer_norm_epsilon': config.layer_norm_eps, 'resid_pdrop': config.hidden_dropout,
           'embd_pdrop': config.hidden_dropout, 'attn_pdrop': config.attention_dropout,
-          'scale_attn_weights': True, 'tie_word_embeddings': True,
-          'bos_token_id': config.pad_token_id, 'eos_token_id': config.pad_token_id}
+          'scale_attn_weights': True, 'tie_word_embeddings': config.tie_word_embeddings,
+          'bos_token_id': config.bos_token_id, 'eos_token_id': config.eos_token_id}

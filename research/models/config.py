@@ -69,7 +69,13 @@ class EncoderConfig:
       products (softmax, GELU, LayerNorm in/out, embedding output; `hooks.py`);
       unmatched sites are 'identity'.
     use_pooler: whether a pooler (tanh dense on the first token) exists.
+    tie_word_embeddings: output logits (`Encoder.attend`: masked LM, causal LM) use the
+      word-embedding table; False gives the model its own output table 'lm_head'
+      [vocab, hidden] (GPT-2 folders with an untied `lm_head.weight`).
     pad_token_id: id of the padding token.
+    bos_token_id, eos_token_id: the checkpoint's begin / end of sequence ids, kept as
+      the source wrote them (even outside the vocabulary) so an export writes them back;
+      None when unknown.
     model_type: the checkpoint family, used for Hugging Face name mapping.
     dtype: compute dtype name ('float32', 'bfloat16', 'float16').
     param_dtype: parameter dtype name.
@@ -99,7 +105,10 @@ class EncoderConfig:
   products: tuple[tuple[str, str], ...] = ()
   hooks: tuple[tuple[str, str], ...] = ()
   use_pooler: bool = True
+  tie_word_embeddings: bool = True
   pad_token_id: int = 0
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
   model_type: str = 'bert'
   dtype: str = 'float32'
   param_dtype: str = 'float32'

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from research.models import projections, products
 from research.models.config import EncoderConfig
 from research.models.dropout import Dropout
-from research.models.embeddings import Embeddings
+from research.models.embeddings import Embed, Embeddings
 from research.models.layers import LayerNorm, activation, hook, logical_param, projection
 
 Array = jax.Array
@@ -230,6 +230,9 @@ class Encoder(nn.Module):
     if cfg.use_pooler:
       self.pooler = projection(self, cfg, 'pooler', 'bi,io->bo',
                                (cfg.hidden_size, cfg.hidden_size), ('embed', 'embed_out'))
+    if not cfg.tie_word_embeddings:  # an output table of its own ('lm_head/embedding')
+      self.lm_head = Embed(cfg.vocab_size, cfg.hidden_size, cfg.products, (),
+                           cfg.compute_dtype, cfg.params_dtype)
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                token_type_ids: Array | None = None, *, deterministic: bool = True,
@@ -283,6 +286,8 @@ class Encoder(nn.Module):
         intermediates[key] = tuple(None if t is None else t[index] for t in qkvs)
     if cfg.use_pooler:
       intermediates['pooled'] = jnp.tanh(self.pooler(x[:, 0]))
+    if not cfg.tie_word_embeddings and self.is_initializing():
+      self.lm_head.embedding  # pylint: disable=pointless-statement  (init creates it)
     return x, intermediates
 
   def _decode(self, input_ids, attention_mask, token_type_ids, position_ids, cache):
@@ -335,7 +340,10 @@ class Encoder(nn.Module):
     return x, hidden_states, attentions, qkvs, cache
 
   def attend(self, x: Array) -> Array:
-    """Logits over the vocabulary, x [..., embed_size] times the word embeddings."""
+    """Logits over the vocabulary: x [..., embed_size] times the word embeddings, or
+    x [..., hidden] times the model's own output table when they are untied."""
+    if not self.config.tie_word_embeddings:
+      return self.lm_head.attend(x)
     return self.embeddings.attend(x)
 
 

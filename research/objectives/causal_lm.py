@@ -1,8 +1,8 @@
 """Causal language modelling (GPT-2): every token's features -> next-token logits.
 
-The head is the tied output layer: logits = features @ word_embeddings^T
-(`Encoder.attend`, [batch, length, vocab], float32), as GPT2LMHeadModel ties `lm_head`
-to `wte`. The loss is next-token cross-entropy: position t predicts token t + 1, so
+The head is the encoder's output table (`Encoder.attend`, [batch, length, vocab],
+float32): the word embeddings, as GPT2LMHeadModel ties `lm_head` to `wte`, or the
+model's own `lm_head` table when a checkpoint unties them. The loss is next-token cross-entropy: position t predicts token t + 1, so
 logits[:, :-1] are scored against targets[:, 1:]. Targets are the batch's 'labels'
 when present (IGNORE_INDEX = -100 marks tokens not to predict, transformers'
 convention) and its 'input_ids' otherwise. A target counts only when it and the token

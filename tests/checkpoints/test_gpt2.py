@@ -131,7 +131,6 @@ def test_unsupported_variants_are_refused():
   base = transformers.GPT2Config(vocab_size=99, n_positions=32, n_embd=32, n_layer=2,
                                  n_head=4).to_dict()
   for change, message in (({'scale_attn_by_inverse_layer_idx': True}, 'inverse_layer_idx'),
-                          ({'tie_word_embeddings': False}, 'untied'),
                           ({'add_cross_attention': True}, 'cross-attention'),
                           ({'n_head': 5}, 'divisible')):
     with pytest.raises(ValueError, match=message):
