@@ -34,6 +34,10 @@ flags.DEFINE_string('task', 'sst2', 'With --hf_model: the task to score it on.')
 flags.DEFINE_string('data_dir', None, 'With --hf_model: the data folder (default: '
                     '$RESEARCH_DATA_DIR or ../shared/data).')
 config_flags.DEFINE_config_file('config', None, 'Config for workdirs without config.json.')
+flags.DEFINE_list('hf_labels', None, "With --hf_model: its outputs' labels in row order, "
+                  "when its config's id2label does not match its classifier.")
+flags.DEFINE_integer('hf_num_labels', None, 'With --hf_model: or only their number '
+                     '(generic names LABEL_0, ...).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to score.')
 flags.DEFINE_string('split', None, "Split to score (default: the config's eval_split).")
 flags.DEFINE_string('out', None, 'Optional JSON file for the results.')
@@ -48,7 +52,8 @@ def main(argv):
   f = flags.FLAGS
   if f.hf_model:
     split = f.split or 'validation'
-    results = scoring.score_hf_model(f.hf_model, f.task, split, f.data_dir)
+    results = scoring.score_hf_model(f.hf_model, f.task, split, f.data_dir,
+                                     label_names=f.hf_labels, num_labels=f.hf_num_labels)
     print(f'{f.hf_model} on {f.task}/{split}: {scoring.format_scores(results)}')
   else:
     results = scoring.score_runs([os.path.abspath(w) for w in f.workdir], f.checkpoint,

@@ -60,10 +60,13 @@ def score_runs(workdirs: list[str], which: str = 'best', split: str | None = Non
 
 
 def score_hf_model(name: str, task: str, split: str = 'validation', data_dir: str | None = None,
-                   limit: int = 0) -> dict:
-  """Scores a fine-tuned Hugging Face model (with its own head) on a task's split."""
+                   limit: int = 0, label_names=None, num_labels: int | None = None) -> dict:
+  """Scores a fine-tuned Hugging Face model (with its own head) on a task's split;
+  `label_names` / `num_labels` name its outputs when its config's id2label does not
+  match its classifier (`hf_heads.load_task_model`)."""
   spec = tasks.get_task(task)
-  model, params, labels = hf_heads.load_task_model(name)
+  model, params, labels = hf_heads.load_task_model(name, label_names=label_names,
+                                                   num_labels=num_labels)
   if model.objective.kind != spec.kind:
     raise ValueError(f'{name} is a {model.objective.kind} model, {task} a {spec.kind} task')
   if spec.label_names:

@@ -1,6 +1,6 @@
 """Fine-tuned Hugging Face heads load with their weights (logits within 1e-4 of
 transformers) and export back; a config whose id2label disagrees with the weights is
-an error."""
+an error unless the caller names the labels."""
 from __future__ import annotations
 
 import json
@@ -158,3 +158,30 @@ def test_evaluate_scores_a_hub_classifier_like_transformers(tmp_path, minilm_fol
   predicted = 1 - logits.argmax(-1)
   accuracy = 100 * np.mean(predicted == np.array([e['label'] for e in examples]))
   assert scores['accuracy'] == pytest.approx(accuracy)
+
+
+def test_an_id2label_that_does_not_match_the_classifier_can_be_overridden(tmp_path):
+  """A 2-entry id2label over a 50-row classifier: refused with the way past it named,
+  and loaded with the caller's label count or names, logits unchanged."""
+  source = make('bert', 'SequenceClassification', num_labels=50)
+  source.save_pretrained(tmp_path / 'clf')
+  config = json.loads((tmp_path / 'clf' / 'config.json').read_text())
+  config['id2label'] = {'0': 'neg', '1': 'pos'}
+  config['label2id'] = {'neg': 0, 'pos': 1}
+  (tmp_path / 'clf' / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match=r'2 labels in id2label but the classifier has 50 '
+                                            r'output rows.*num_labels=50.*label_names'):
+    hf_heads.load_task_model(str(tmp_path / 'clf'))
+  model, params, labels = hf_heads.load_task_model(str(tmp_path / 'clf'), num_labels=50)
+  assert labels[:2] == ('LABEL_0', 'LABEL_1') and len(labels) == 50
+  names = [f'class_{i}' for i in range(50)]
+  _, _, named = hf_heads.load_task_model(str(tmp_path / 'clf'), label_names=names)
+  assert named == tuple(names)
+  with pytest.raises(CheckpointError, match='3 label.s. given but the classifier has 50'):
+    hf_heads.load_task_model(str(tmp_path / 'clf'), label_names=['a', 'b', 'c'])
+  ids = np.random.default_rng(0).integers(0, 99, (2, 6))
+  mask = np.ones_like(ids)
+  with torch.no_grad():
+    ref = source.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+  logits, _ = model.apply({'params': params}, ids, mask)
+  np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-4)
