@@ -12,7 +12,7 @@ import os
 import jax
 
 from research import objectives, specs
-from research.data import corpus, corpus_cache, masking, tasks
+from research.data import corpus, corpus_cache, masking, tasks, tokenizer_fit
 from research.data.batching import BatchIterator
 from research.data.sources import default_data_dir, load_examples
 from research.data.tokenize import encode
@@ -37,6 +37,8 @@ def load_split(config, spec: tasks.TaskSpec, tokenizer, split: str, limit: int =
   examples = load_examples(spec, split, config.data_dir or None, config.data_source)
   if limit:
     examples = examples[:limit]
+  tokenizer_fit.check(tokenizer, (t for e in examples[:tokenizer_fit.SAMPLE]
+                                  for t in tokenizer_fit.texts_of(e)), f'{spec.name}/{split}')
   features = encode(spec, examples, tokenizer, config.max_length, config.doc_stride,
                     training=training).features
   return examples, features
@@ -119,7 +121,16 @@ def load_corpus(config, tokenizer, vocab_size: int, global_batch_size: int):
   pairs = name in ('mlm+nsp', 'mlm+sop')
 
   def build():
-    documents = corpus_documents(config)
+    sample = []
+
+    def sampled(documents):  # the first lines, to check the tokenizer fits the text
+      for document in documents:
+        if len(sample) < tokenizer_fit.SAMPLE:
+          sample.extend(line for line in document if line)
+        yield document
+      tokenizer_fit.check(tokenizer, sample, f'corpus {c.source}')
+
+    documents = sampled(corpus_documents(config))
     if pairs:
       return corpus.pair_features(documents, tokenizer, config.max_length,
                                   task=name[len('mlm+'):], seed=config.seed)
