@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 import flax
@@ -48,6 +49,19 @@ WHICH = ('best', 'latest')
 # Leaves only quantized projections hold (`research/transforms/quantize.py`: Int8, Int4).
 QUANTIZED_LEAVES = ('qkernel', 'qkernel_int4', 'input_scale')
 QUANTIZED_KINDS = ('int8', 'int4')
+
+
+class _NoReadOnlyNotice(logging.Filter):
+  """Orbax warns twice for every read-only checkpoint manager ('Given directory is read
+  only', 'read_only=True, setting save_interval_steps=0'); run folders are opened
+  read-only on purpose (to read them), so that is not news."""
+  NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTICES)
+
+
+logging.getLogger('absl').addFilter(_NoReadOnlyNotice())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,26 +292,39 @@ def write_run(workdir: str, model: TaskModel, params: Any, *, config=None, token
   """Writes a run folder from a model and its params (a transform's output).
 
   The params become both the best and the latest checkpoint, so
-  `init_from=<workdir>:best` and `load_run` work as for a trained run.
+  `init_from=<workdir>:best` and `load_run` work as for a trained run. The folder is
+  written whole beside its place ('<workdir>.partial') and then moved there, so a
+  process killed while writing leaves no half run that a rerun would refuse or take
+  for finished (a stage counts as done when its run has best/).
   """
   workdir = os.path.abspath(workdir)
   if os.path.exists(os.path.join(workdir, 'checkpoints')):
     raise FileExistsError(f'{workdir} already holds checkpoints; write to a new folder')
-  os.makedirs(workdir, exist_ok=True)
-  write_model(workdir, model)
+  staging = workdir + '.partial'
+  shutil.rmtree(staging, ignore_errors=True)  # what a killed write left
+  os.makedirs(staging)
+  write_model(staging, model)
   if config is not None:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    with open(os.path.join(staging, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   if tokenizer is not None:
-    save_tokenizer(workdir, tokenizer)
+    save_tokenizer(staging, tokenizer)
   params = jax.tree.map(np.asarray, params)
-  ckpt = Checkpoints(workdir, keep=1, async_save=False)
+  ckpt = Checkpoints(staging, keep=1, async_save=False)
   try:
     ckpt.save(step, {'step': np.asarray(step, np.int32), 'params': params},
               {'written_by': 'write_run', **(info or {})})
     ckpt.save_best(step, params, 0.0, {'step': step, **(info or {})})
   finally:
     ckpt.close()
+  if not os.path.isdir(workdir) or not os.listdir(workdir):
+    if os.path.isdir(workdir):
+      os.rmdir(workdir)
+    os.replace(staging, workdir)
+  else:  # a folder that already holds other files: move the run in, best/ last
+    for name in sorted(os.listdir(staging), key=lambda n: n == 'best'):
+      os.replace(os.path.join(staging, name), os.path.join(workdir, name))
+    os.rmdir(staging)
   return workdir
 
 
