@@ -163,8 +163,9 @@ def load_pretraining_model(name: str | os.PathLike, *, pair: str | None = None,
     used |= {layout['bias']} | {f"{layout[part]}.{p}" for part in ('dense', 'norm', 'decoder')
                                 for p in ('weight', 'bias')}
   else:
-    logging.info('%s has no masked-LM head (%s): initialised fresh, tied to its word '
-                 'embeddings', folder, layout['bias'])
+    logging.warning('%s has no masked-LM head (%s): initialised fresh (untrained, its '
+                    'predictions are noise until trained), tied to its word embeddings',
+                    folder, layout['bias'])
     params['head'] = fresh['head']
   if pair:
     if has_pair:
@@ -172,12 +173,12 @@ def load_pretraining_model(name: str | os.PathLike, *, pair: str | None = None,
       params['pair_head'] = {'out': {'kernel': weight.T, 'bias': bias}}
       _check_shapes(params['pair_head'], fresh['pair_head'], folder)
     else:
-      logging.info('%s has no %s head (%s): initialised fresh', folder, pair,
-                   layout['pair_out'])
+      logging.warning('%s has no %s head (%s): initialised fresh (untrained)', folder, pair,
+                      layout['pair_out'])
       params['pair_head'] = fresh['pair_head']
   elif has_pair:
-    logging.info("%s: pair='' leaves the checkpoint's %s head (%s) unloaded", folder,
-                 layout['pair'], layout['pair_out'])
+    logging.warning("%s: pair='' leaves the checkpoint's %s head (%s) unused", folder,
+                    layout['pair'], layout['pair_out'])
   if has_pair:
     used |= {f"{layout['pair_out']}.weight", f"{layout['pair_out']}.bias"}
   unknown = sorted(head_names - used)
