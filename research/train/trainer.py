@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -281,21 +282,37 @@ class _Pending:
 
 
 class _Progress:
-  """A tqdm bar showing loss, learning rate and examples/s (plain logging without a tty)."""
+  """On a terminal, a tqdm bar with loss, learning rate and examples/s; elsewhere
+  (notebooks, CI logs, files) one plain line per tenth of the run, so stored outputs
+  stay readable."""
 
   def __init__(self, start: int, total: int):
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, mininterval=1.0)
-    self.last = start
+    self.interactive = sys.stderr.isatty()
+    self.last, self.total = start, total
+    self.every = max(1, total // 10)
+    self.next_line = start + self.every
+    if self.interactive:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, mininterval=1.0)
 
   def update(self, step: int, values: dict[str, float]) -> None:
-    self.bar.update(step - self.last)
+    if self.interactive:
+      self.bar.update(step - self.last)
+      self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
+                           ex_s=f"{values['examples_per_sec']:.1f}")
+    elif step >= self.next_line or step == self.total:
+      print(f"step {step}/{self.total}: loss {values['loss']:.4f}, learning rate "
+            f"{values['learning_rate']:.2e}, {values['examples_per_sec']:.1f} examples/s",
+            flush=True)
+      self.next_line = step + self.every
     self.last = step
-    self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
-                         ex_s=f"{values['examples_per_sec']:.1f}")
 
   def message(self, text: str) -> None:
-    self.bar.write(text)
+    if self.interactive:
+      self.bar.write(text)
+    else:
+      print(text, flush=True)
 
   def close(self) -> None:
-    self.bar.close()
+    if self.interactive:
+      self.bar.close()
