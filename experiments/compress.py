@@ -14,11 +14,11 @@ with one JSON line of the figures.
 from __future__ import annotations
 
 import json
-import logging
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import logs
 from research.runs import fastformers
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Pipeline config file.')
@@ -29,8 +29,7 @@ flags.mark_flags_as_required(['config', 'teacher', 'workdir'])
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  logs.setup()
   report = fastformers.compress(_CONFIG.value, _TEACHER.value, _WORKDIR.value)
   print(report['table'])
   for name, steps in report['stages'].items():

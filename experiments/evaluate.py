@@ -20,12 +20,12 @@ printed and, with `--out FILE`, written as JSON.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import logs
 from research.runs import scoring
 
 flags.DEFINE_multi_string('workdir', None, 'A run folder (repeat for several).')
@@ -47,8 +47,7 @@ flags.register_validator('workdir', lambda w: bool(w) != bool(flags.FLAGS.hf_mod
 
 def main(argv):
   del argv
-  # orbax logs every file it reads, and warns that the run folders are opened read-only.
-  logging.getLogger('absl').setLevel(logging.ERROR)
+  logs.setup()
   f = flags.FLAGS
   if f.hf_model:
     split = f.split or 'validation'

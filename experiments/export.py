@@ -15,11 +15,13 @@ import os
 
 from absl import app, flags
 
+from research import logs
 from research.runs import export
 
 
 def main(argv):
   del argv
+  logs.setup()
   f = flags.FLAGS
   folder = export.export_run(os.path.abspath(f.workdir), f.out, f.checkpoint, f.pad)
   print(f'Exported {f.workdir} ({f.checkpoint} checkpoint) to {folder}')

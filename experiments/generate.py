@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
+from research import logs
 from research.runs import generation
 
 flags.DEFINE_string('model', None, 'A Hugging Face GPT-2 folder, a run folder (runs/x, '
@@ -36,6 +37,7 @@ flags.mark_flags_as_required(['model'])
 
 def main(argv):
   del argv
+  logs.setup()
   f = flags.FLAGS
   config, params, tokenizer = generation.load_model(f.model)
   prompts = list(f.prompt) * f.num_samples

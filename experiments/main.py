@@ -9,12 +9,12 @@ workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import logs
 from research.evaluate.plots import training_curves
 from research.train.metric_writer import read_metrics
 from research.train.trainer import train_and_evaluate
@@ -26,8 +26,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
+  logs.setup()
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   result = train_and_evaluate(config, workdir)
   summary = {k: result[k] for k in ('final', 'best', 'steps', 'trainable_params',

@@ -27,10 +27,10 @@ stages are `research/runs/prune.py`.
 from __future__ import annotations
 
 import json
-import logging
 
 from absl import app, flags
 
+from research import logs
 from research.runs import prune
 
 flags.DEFINE_string('run', None, "The source run, 'folder[:best|:latest]'.")
@@ -53,7 +53,7 @@ flags.mark_flags_as_required(['run', 'out'])
 
 def main(argv):
   del argv
-  logging.getLogger('absl').setLevel(logging.ERROR)  # orbax's per-file messages
+  logs.setup()
   f = flags.FLAGS
   if f.sixteen_heads:
     figures = prune.sixteen_heads(f.run, f.out, f.importance_examples, f.step, f.min_ratio,

@@ -33,6 +33,7 @@ import json
 
 from absl import app, flags
 
+from research import logs
 from research.runs import transform
 from research.transforms import low_rank, quantize, share
 
@@ -58,6 +59,7 @@ flags.mark_flags_as_required(['run', 'out', 'transform'])
 
 def main(argv):
   del argv
+  logs.setup()
   f = flags.FLAGS
   options = {name: f[name].value for name in transform.options(f.transform)}
   if 'bits' in options:

@@ -16,6 +16,7 @@ import shutil
 import sys
 from typing import Any, Callable
 
+from research import logs
 from research.evaluate import speed
 from research.train import trainer
 
@@ -95,8 +96,7 @@ def command_line(run: Callable[..., dict[str, Any]], name: str) -> None:
 
   def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger('absl').setLevel(logging.WARNING)  # orbax logs every file it writes
+    logs.setup()
     result = run(config.value, out.value,
                  command=f'python -m experiments.{name} ' + ' '.join(sys.argv[1:]))
     if 'samples_text' in result:
