@@ -42,7 +42,7 @@ def training_curves(train: Sequence[dict], evals: Sequence[dict],
   names = [k for k in (evals[0] if evals else {}) if k not in ('step', 'split')]
   for name in names:
     axes[2].plot([r['step'] for r in evals], [r[name] for r in evals], marker='o', label=name)
-  axes[2].set(title='dev metrics (%)', xlabel='step')
+  axes[2].set(title='dev metrics', xlabel='step')
   if names:
     axes[2].legend()
   return _save(fig, out, dpi=100)

@@ -51,7 +51,9 @@ def sample(config, params, tokenizer, prompts: Sequence[str], *, max_new_tokens:
   """Samples continuations of `prompts`; returns {'samples', 'tokens_per_s', ...}."""
   if not prompts:
     raise ValueError('give at least one prompt')
-  encoded = [tokenizer.encode(p) for p in prompts]
+  # Bare tokens: a decoder trains on packed text without [CLS] / [SEP] (a WordPiece
+  # tokenizer would add them; a GPT-2 one adds nothing either way).
+  encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
   if any(not e for e in encoded):
     raise ValueError('a prompt tokenizes to nothing; give non-empty prompts')
   ids, mask = gen.left_pad(encoded, config.pad_token_id)

@@ -155,6 +155,7 @@ def sixteen_heads(run_ref: str, out: str, importance_examples: int = 512, step: 
   with open(json_path, 'w') as f:
     json.dump({'figures': figures, 'curve': curve}, f, indent=2)
   figures['curve_json'] = json_path
+  figures['curve'] = curve
   figures['plot'] = plots.sixteen_heads(curve, start, min_ratio, data.metric,
                                         os.path.join(out, 'sixteen_heads.png'))
   return figures
