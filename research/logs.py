@@ -20,3 +20,20 @@ def setup(level: int = logging.INFO) -> None:
   logging.getLogger().setLevel(level)
   for name in CHATTY:
     logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+class _NoReadOnlyNotice(logging.Filter):
+  """Orbax warns twice for every read-only checkpoint manager ('Given directory is read
+  only', 'read_only=True, setting save_interval_steps=0'); run folders are opened
+  read-only on purpose (to read them), so that is not news."""
+  NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTICES)
+
+
+def drop_read_only_notices() -> None:
+  """Drops orbax's read-only notices (installed once, by whoever reads run folders)."""
+  absl = logging.getLogger('absl')
+  if not any(isinstance(f, _NoReadOnlyNotice) for f in absl.filters):
+    absl.addFilter(_NoReadOnlyNotice())

@@ -40,6 +40,17 @@ _SEQUENCE_HEADS = {
     'distilbert': dict(pooling='cls', activation='relu', dense='pre_classifier',
                        out='classifier'),
 }
+# Tensors of our table that sit beside the base model in a task model's checkpoint.
+OUTSIDE_BASE = ('lm_head.weight',)
+
+
+def _with_base_prefix(tensors: dict[str, Any], model_type: str) -> dict[str, Any]:
+  """Names as a task model (GPT2LMHeadModel, ...) stores them: the base prefix added,
+  except for the tensors that sit beside the base model (an untied `lm_head`)."""
+  prefix = hf_names.BASE_PREFIX[model_type]
+  return {(k if k in OUTSIDE_BASE else prefix + k): v for k, v in tensors.items()}
+
+
 _TOKEN_OUT = 'classifier'
 _SPAN_OUT = 'qa_outputs'
 _ARCH_SUFFIX = {'classification': 'ForSequenceClassification',
@@ -187,7 +198,7 @@ def task_tensors(model: TaskModel, params: dict, pad: bool = True
     raise ValueError(f"A head on layer_mix={model.layer_mix!r} has no Hugging Face layout "
                      "(their heads read the top layer)")
   if kind == 'causal_lm' and mt == 'gpt2':  # the LM head: tied, or the encoder's lm_head
-    tensors = hf_names.with_base_prefix(hf_export.to_hf_tensors(config, encoder_params), mt)
+    tensors = _with_base_prefix(hf_export.to_hf_tensors(config, encoder_params), mt)
     return tensors, {'architectures': ['GPT2LMHeadModel']}, config
   if kind not in _ARCH_SUFFIX or mt not in _ARCH_PREFIX:
     raise ValueError(f'A {mt} model with a {kind} head has no Hugging Face task-model export '

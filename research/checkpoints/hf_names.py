@@ -16,15 +16,6 @@ from research.models.config import EncoderConfig, MODEL_TYPES
 # Prefix a task model (BertForSequenceClassification, ...) puts before the encoder.
 BASE_PREFIX = {'bert': 'bert.', 'roberta': 'roberta.', 'distilbert': 'distilbert.',
                'albert': 'albert.', 'gpt2': 'transformer.'}
-# Tensors of our table that sit beside the base model in a task model's checkpoint.
-OUTSIDE_BASE = ('lm_head.weight',)
-
-
-def with_base_prefix(tensors: Mapping[str, Any], model_type: str) -> dict[str, Any]:
-  """Names as a task model (GPT2LMHeadModel, ...) stores them: the base prefix added,
-  except for the tensors that sit beside the base model (an untied `lm_head`)."""
-  prefix = BASE_PREFIX[model_type]
-  return {(k if k in OUTSIDE_BASE else prefix + k): v for k, v in tensors.items()}
 
 # Checkpoint tensors that are not part of the encoder: pre-training heads, task heads
 # and non-persistent buffers. They are skipped by default and reported; pass

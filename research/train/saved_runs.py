@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from research import objectives
+from research import logs, objectives
 from research.checkpoints import hub, load_tokenizer
 from research.checkpoints.hf_load import read_config
 from research.data import tasks
@@ -51,17 +51,7 @@ QUANTIZED_LEAVES = ('qkernel', 'qkernel_int4', 'input_scale')
 QUANTIZED_KINDS = ('int8', 'int4')
 
 
-class _NoReadOnlyNotice(logging.Filter):
-  """Orbax warns twice for every read-only checkpoint manager ('Given directory is read
-  only', 'read_only=True, setting save_interval_steps=0'); run folders are opened
-  read-only on purpose (to read them), so that is not news."""
-  NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(self.NOTICES)
-
-
-logging.getLogger('absl').addFilter(_NoReadOnlyNotice())
+logs.drop_read_only_notices()  # run folders are opened read-only on purpose
 
 
 @dataclasses.dataclass(frozen=True)
