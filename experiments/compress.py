@@ -18,7 +18,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from research import logs
+from research import distributed, logs
 from research.runs import fastformers
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Pipeline config file.')
@@ -30,7 +30,10 @@ flags.mark_flags_as_required(['config', 'teacher', 'workdir'])
 def main(argv):
   del argv
   logs.setup()
+  distributed.initialize()  # several processes when the environment says so
   report = fastformers.compress(_CONFIG.value, _TEACHER.value, _WORKDIR.value)
+  if report is None:  # not process 0: it reports for the job
+    return
   print(report['table'])
   for name, steps in report['stages'].items():
     print(f'{name} per-stage speed-ups: ' + '; '.join(

@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from research import logs
+from research import distributed, logs
 from research.evaluate.plots import training_curves
 from research.train.metric_writer import read_metrics
 from research.train.trainer import train_and_evaluate
@@ -27,8 +27,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   logs.setup()
+  distributed.initialize()  # a no-op unless the environment describes several processes
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   result = train_and_evaluate(config, workdir)
+  if not distributed.is_primary():  # process 0 draws and reports for the job
+    return
   summary = {k: result[k] for k in ('final', 'best', 'steps', 'trainable_params',
                                     'total_params')}
   summary['outputs'] = {

@@ -26,7 +26,8 @@ class _NoReadOnlyNotice(logging.Filter):
   """Orbax warns twice for every read-only checkpoint manager ('Given directory is read
   only', 'read_only=True, setting save_interval_steps=0'); run folders are opened
   read-only on purpose (to read them), so that is not news."""
-  NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
+  NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True',
+             'Metadata file does not exist')
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(self.NOTICES)

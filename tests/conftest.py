@@ -26,7 +26,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 SLOW = (
     'tests/notebooks/', 'tests/runs/', 'tests/train/test_runs.py',
     'tests/train/test_pretrain_run.py', 'tests/train/test_accuracy_parity.py',
-    'tests/train/test_kill_anywhere.py',
+    'tests/train/test_kill_anywhere.py', 'tests/train/test_multihost.py::test_two',
+    'tests/train/test_multihost.py::test_a_killed', 'tests/train/test_multihost.py::test_the_cli',
     'tests/train/test_trainer.py::test_a_qat_run', 'tests/train/test_trainer.py::test_kills',
     'tests/train/test_trainer.py::test_sigkill', 'tests/train/test_trainer.py::test_eight',
     'tests/train/test_trainer.py::test_distillation', 'tests/train/test_techniques.py::test_lora',

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from research import distributed
 from research.data.batching import BatchIterator
 
 # Batch fields the function does not see: positions for gathering, example ids.
@@ -53,10 +54,10 @@ def batch_outputs(fn: Callable[[dict], Any], features: Sequence[dict], batch_siz
     index = batch['index']
     real = index >= 0
     out = fn(put({k: v for k, v in batch.items() if k not in _BOOKKEEPING}))
-    if isinstance(out, dict):
-      out = {k: np.asarray(v)[real] for k, v in out.items()}
+    if isinstance(out, dict):  # to_host: on several processes, every process's rows
+      out = {k: distributed.to_host(v)[real] for k, v in out.items()}
     else:
-      out = np.asarray(out)[real]
+      out = distributed.to_host(out)[real]
     yield index[real], out
 
 
@@ -73,4 +74,8 @@ def gather_outputs(fn: Callable[[dict], Any], features: Sequence[dict], batch_si
     for row, feature in enumerate(index):
       outputs[feature] = ({k: v[row] for k, v in out.items()} if isinstance(out, dict)
                           else out[row])
+  missing = [i for i, o in enumerate(outputs) if o is None]
+  if missing:  # a batching bug would otherwise score a partial set
+    raise RuntimeError(f'{len(missing)} of {len(features)} features got no output '
+                       f'(first: {missing[:5]})')
   return outputs

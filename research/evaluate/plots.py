@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from research import distributed
+
 
 def training_curves(train: Sequence[dict], evals: Sequence[dict],
                     out: str | os.PathLike) -> str:
@@ -199,6 +201,8 @@ def _figure(rows: int, cols: int, **kwargs):
 
 def _save(fig, out: str | os.PathLike, dpi: int = 120, tight: bool = True) -> str:
   out = os.fspath(out)
+  if not distributed.is_primary():  # one job, one file: process 0 draws it
+    return out
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if tight:
     fig.tight_layout()

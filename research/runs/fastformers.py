@@ -25,7 +25,7 @@ from typing import Any
 
 import ml_collections
 
-from research import specs
+from research import distributed, specs
 from research.evaluate import plots
 from research.runs import measure as measure_lib
 from research.runs import prune as prune_lib
@@ -112,11 +112,13 @@ def _student_init(teacher_ref: str, fields: dict, folder: str) -> str:
   narrow = folder + '_narrow'
   wants_narrow = any(k in fields for k in ('heads', 'ffn', 'hidden'))
   if not _done(folder):
-    transform.transform_run(teacher_ref, folder, 'select_layers', layers=fields['layers'])
+    distributed.on_primary('fastformers/init', transform.transform_run, teacher_ref, folder,
+                           'select_layers', layers=fields['layers'])
   if wants_narrow and not _done(narrow):
     as_int = lambda key: int(fields[key]) if key in fields else None
-    transform.transform_run(folder, narrow, 'truncate_width', num_heads=as_int('heads'),
-                            intermediate_size=as_int('ffn'), hidden_size=as_int('hidden'))
+    distributed.on_primary('fastformers/narrow', transform.transform_run, folder, narrow,
+                           'truncate_width', num_heads=as_int('heads'),
+                           intermediate_size=as_int('ffn'), hidden_size=as_int('hidden'))
   return narrow if wants_narrow else folder
 
 
@@ -133,10 +135,11 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
     init = _student_init(teacher_ref, fields, stage.pop('init'))
     train_and_evaluate(train_config(teacher.config, pipeline, init, teacher_ref,
                                     pipeline.distill.steps), stage['distilled'])
-    if not _done(stage['pruned']):
-      prune_lib.prune_run(f'{stage["distilled"]}:best', stage['pruned'], p.heads_fraction,
-                          p.ffn_fraction, p.importance_examples,
-                          eval_examples=pipeline.eval_examples or None)
+    if not _done(stage['pruned']):  # single-host stages: process 0 writes the folder
+      distributed.on_primary('fastformers/prune', prune_lib.prune_run,
+                             f'{stage["distilled"]}:best', stage['pruned'], p.heads_fraction,
+                             p.ffn_fraction, p.importance_examples,
+                             eval_examples=pipeline.eval_examples or None)
     last = stage['pruned']
     if p.recovery_steps:
       train_and_evaluate(train_config(teacher.config, pipeline, stage['pruned'], teacher_ref,
@@ -145,9 +148,9 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
     else:
       del stage['recovered']
     if not _done(stage['int8']):
-      transform.transform_run(f'{last}:best', stage['int8'], 'ptq',
-                              calibration=pipeline.quantize.calibration,
-                              calibration_examples=pipeline.quantize.examples)
+      distributed.on_primary('fastformers/int8', transform.transform_run, f'{last}:best',
+                             stage['int8'], 'ptq', calibration=pipeline.quantize.calibration,
+                             calibration_examples=pipeline.quantize.examples)
     chains[name] = stage
   return chains
 
@@ -167,11 +170,18 @@ def stage_speedups(rows: list[dict], chains: dict, batches: list[int]) -> dict[s
   return out
 
 
-def compress(pipeline, teacher_ref: str, workdir: str) -> dict[str, Any]:
+def compress(pipeline, teacher_ref: str, workdir: str) -> dict[str, Any] | None:
   """Every stage, then the measured rows, per-stage speed-ups, `pipeline.json` and
-  `pareto.png`; returns the report (with its markdown table)."""
+  `pareto.png`; returns the report (with its markdown table). In a job of several
+  processes the training stages run on all of them; the report (CPU speed is a
+  single-host measure) is made and returned by process 0 only (None elsewhere)."""
   workdir = os.path.abspath(workdir)
   chains = run_stages(pipeline, teacher_ref, workdir)
+  return distributed.on_primary('fastformers/report', _report, pipeline, teacher_ref,
+                                workdir, chains)
+
+
+def _report(pipeline, teacher_ref: str, workdir: str, chains: dict) -> dict[str, Any]:
   batches = specs.items(pipeline.speed.batch_sizes, int, what='speed.batch_sizes')
   rows = measure_lib.measure(
       teacher_ref, {f'{name} {key}': path for name, stage in chains.items()

@@ -16,7 +16,7 @@ import shutil
 import sys
 from typing import Any, Callable
 
-from research import logs
+from research import distributed, logs
 from research.evaluate import speed
 from research.train import trainer
 
@@ -45,7 +45,8 @@ def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]
     if saved.get('settings') == settings:
       return saved['row']
     logging.info('%s holds a run with other settings: training again', workdir)
-  shutil.rmtree(workdir, ignore_errors=True)  # a half-finished run would be resumed
+  # A half-finished run would be resumed; one process clears it, the others wait.
+  distributed.on_primary('study/clear', shutil.rmtree, workdir, ignore_errors=True)
 
   def train():
     try:
@@ -55,22 +56,27 @@ def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]
   row, seconds = speed.timed_call(train)
   row['wall_seconds'] = seconds
   if keep:
-    with open(row_file, 'w') as f:
-      json.dump({'row': row, 'settings': settings}, f)
+    distributed.on_primary('study/row', _write_json, row_file, {'row': row, 'settings': settings})
   else:
-    shutil.rmtree(workdir, ignore_errors=True)
+    distributed.on_primary('study/drop', shutil.rmtree, workdir, ignore_errors=True)
   return row
+
+
+def _write_json(path: str, value: Any) -> None:
+  with open(path, 'w') as f:
+    json.dump(value, f)
 
 
 def write_results(out: str, title: str, table: str, result: dict,
                   summary: dict[str, Any]) -> dict[str, Any]:
   """results.md (title + table) and results.json (`result`) in `out`; returns `result`
   with 'title', 'table' and 'summary' (the JSON line a benchmark ends with) added."""
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(f'# {title}\n\n{table}')
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  if distributed.is_primary():  # one job, one report
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+      f.write(f'# {title}\n\n{table}')
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+      json.dump(result, f, indent=2)
   return {**result, 'title': title, 'table': table, 'summary': summary}
 
 
@@ -97,8 +103,11 @@ def command_line(run: Callable[..., dict[str, Any]], name: str) -> None:
   def main(argv):
     del argv
     logs.setup()
+    distributed.initialize()  # several processes when the environment says so
     result = run(config.value, out.value,
                  command=f'python -m experiments.{name} ' + ' '.join(sys.argv[1:]))
+    if not distributed.is_primary():
+      return
     if 'samples_text' in result:
       print(result['samples_text'])
     print(report_text(result))

@@ -51,6 +51,15 @@ def _restore_empty(abstract: Any, restored: Any) -> Any:
       restored, is_leaf=lambda x: x is None)
 
 
+def this_process() -> ocp.options.MultiprocessingOptions:
+  """Orbax options for a manager used by this process alone: reading a run folder, or
+  writing one in a single-host stage. By default orbax expects every process of a job
+  to open each manager together, and waits for the others."""
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                            barrier_sync_key_prefix=f'process{me}')
+
+
 class Checkpoints:
   """Latest-k and best-by-metric checkpoint managers for one workdir.
 
@@ -59,22 +68,29 @@ class Checkpoints:
     keep: number of latest checkpoints kept for resuming.
     best_mode: 'max' or 'min' for the metric that selects the best checkpoint.
     async_save: write in a background thread (the loop waits before the next save).
+    local: used by this process alone (`this_process`), not by every process of a job.
   """
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2, best_mode: str = 'max',
-               async_save: bool = True):
+               async_save: bool = True, local: bool = False):
     if keep < 1:
       raise ValueError(f'keep must be >= 1, got {keep}')
     workdir = os.path.abspath(os.fspath(workdir))
+    processes = this_process() if local else ocp.options.MultiprocessingOptions()
+    if local:  # orbax creates folders only for managers of every process
+      for name in ('checkpoints', 'best'):
+        os.makedirs(os.path.join(workdir, name), exist_ok=True)
     self.latest = ocp.CheckpointManager(
         os.path.join(workdir, 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not local,
+                                             enable_async_checkpointing=async_save,
+                                             multiprocessing_options=processes))
     self.best = ocp.CheckpointManager(
         os.path.join(workdir, 'best'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m['score'], best_mode=best_mode,
-            keep_checkpoints_without_metrics=False, enable_async_checkpointing=False))
+            max_to_keep=1, create=not local, best_fn=lambda m: m['score'], best_mode=best_mode,
+            keep_checkpoints_without_metrics=False, enable_async_checkpointing=False,
+            multiprocessing_options=processes))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -119,3 +135,15 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
       tree)
+
+
+def abstract_on_this_process(directory: str) -> Any:
+  """Abstract arrays on this process's first device, shaped as saved in `directory`
+  (an item folder): a run trained on N devices is read whole by a process with other
+  devices (a laptop, one process of a job), where orbax would otherwise want the saving
+  job's device layout."""
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process())
+  tree = checkpointer.metadata(directory).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+                      if hasattr(m, 'shape') else m, tree)

@@ -41,7 +41,8 @@ from research.models import projections
 from research.models.config import EncoderConfig
 from research.models.heads import TaskModel
 from research.train import build, defaults, evaluation
-from research.train.checkpointing import Checkpoints, fill_empty
+from research.train.checkpointing import (Checkpoints, abstract_on_this_process, fill_empty,
+                                          this_process)
 
 MODEL_FILE = 'model.json'
 TOKENIZER_DIR = 'tokenizer'
@@ -168,7 +169,8 @@ def _manager(workdir: str, which: str) -> ocp.CheckpointManager:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'No {which} checkpoint in {workdir}: {folder} does not exist')
   return ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, save_interval_steps=0))
+      read_only=True, create=False, save_interval_steps=0,
+      multiprocessing_options=this_process()))  # each process reads a run alone
 
 
 def _latest_step(manager: ocp.CheckpointManager, workdir: str, which: str) -> int:
@@ -192,8 +194,11 @@ def restore_params(workdir: str, which: str = 'best') -> tuple[Any, int]:
   manager = _manager(workdir, which)
   try:
     step = _latest_step(manager, workdir, which)
+    # Laid out on this process's device, whatever devices the run was trained on.
+    target = abstract_on_this_process(os.path.join(str(manager.directory), str(step),
+                                                   'state'))
     state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+        state=ocp.args.StandardRestore(target)))['state']
   finally:
     manager.close()
   if which == 'latest':
@@ -300,7 +305,7 @@ def write_run(workdir: str, model: TaskModel, params: Any, *, config=None, token
   if tokenizer is not None:
     save_tokenizer(staging, tokenizer)
   params = jax.tree.map(np.asarray, params)
-  ckpt = Checkpoints(staging, keep=1, async_save=False)
+  ckpt = Checkpoints(staging, keep=1, async_save=False, local=True)
   try:
     ckpt.save(step, {'step': np.asarray(step, np.int32), 'params': params},
               {'written_by': 'write_run', **(info or {})})

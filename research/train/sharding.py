@@ -120,11 +120,53 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   with `jax.make_array_from_process_local_data`.
   """
   sharding = batch_sharding(mesh)
+  size = len(mesh.local_devices)  # this process's slice goes to its own devices
+  for key, value in batch.items():
+    if value.shape[0] % size:
+      raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
+                       f'of the {size} devices' + (' of this process' if
+                                                   jax.process_count() > 1 else ''))
+  if jax.process_count() > 1:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def put_global_batch(batch: dict, mesh: Mesh) -> dict:
+  """Places a batch that every process holds whole (evaluation's) onto the mesh.
+
+  One process: as `put_batch`. Several: each process hands over only the rows its own
+  devices hold, picked by index, so no row is doubled or dropped.
+  """
+  if jax.process_count() == 1:
+    return put_batch(batch, mesh)
+  sharding = batch_sharding(mesh)
   size = mesh.devices.size
   for key, value in batch.items():
     if value.shape[0] % size:
       raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
                        f'of the {size} devices')
-  if jax.process_count() > 1:
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+          for k, v in batch.items()}
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """`jax.device_put(tree, shardings)` that also works in a job of several processes.
+
+  There, a sharding spans devices of other processes, which `device_put` refuses for
+  a value held on one device; every process holds the same whole value (read from the
+  same checkpoint, or computed alike), so each builds its own shards from it.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def one(x, target):
+    if isinstance(x, jax.Array) and x.sharding == target:
+      return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, target)  # already global: a resharding
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: one(x, shardings), tree)
+  return jax.tree.map(one, tree, shardings)

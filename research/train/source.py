@@ -27,7 +27,7 @@ from research import specs
 from research.checkpoints import load_pretrained, load_tokenizer, resolve
 from research.checkpoints.hf_load import check_tokenizer_fits, read_config
 from research.models.config import EncoderConfig
-from research.train import saved_runs, techniques
+from research.train import saved_runs, sharding, techniques
 
 
 class Source(NamedTuple):
@@ -101,7 +101,7 @@ def initial_params(config, model, source: Source, mesh, shardings, new: str | No
     if fresh_parts:
       logging.info('Not in %s (other task or labels), initialised fresh: %s',
                    config.init_from, fresh_parts)
-    return jax.device_put(params, shardings)
+    return sharding.put(params, shardings)
   if source.encoder_params is not None:
     loaded = flax.traverse_util.flatten_dict(source.encoder_params, sep='/')
     ours = flax.traverse_util.flatten_dict(params.get('encoder', {}), sep='/')
@@ -110,6 +110,6 @@ def initial_params(config, model, source: Source, mesh, shardings, new: str | No
       raise ValueError(f'{config.model}: the encoder params do not fit the model built for '
                        f'this run; missing {sorted(expected - set(loaded) - set(ours))[:5]}, '
                        f'unexpected {sorted(set(loaded) | set(ours) - expected)[:5]}')
-    params['encoder'] = jax.device_put(
+    params['encoder'] = sharding.put(
         flax.traverse_util.unflatten_dict({**loaded, **ours}, sep='/'), shardings['encoder'])
   return params

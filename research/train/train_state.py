@@ -67,11 +67,11 @@ def place(state: Any, mesh=None) -> tuple[Any, Any]:
   """(state, shardings): every leaf pinned to a sharding on `mesh` (or to the default
   device), so the jitted step can return the same ones."""
   if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, state)
   else:
     shardings = jax.tree.map(lambda x: sharding.on_mesh(x, mesh), state)
-  return jax.device_put(state, shardings), shardings
+  return sharding.put(state, shardings), shardings
 
 
 def finetuning_step(model, params, optimizer: dict, *, freeze_preset: str = 'full',

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import distributed
 from research.data import tasks
 from research.data.batching import BatchIterator
 from research.train import defaults, evaluation, run_config, saved_runs, sharding
@@ -144,7 +145,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
   setup = Setup(data.spec, model.objective, source.tokenizer, source.encoder,
                 data.train_features, workdir)
   teacher_models, teacher_params = techniques.teachers(on, config, setup)
-  teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
+  teacher_params = sharding.put(teacher_params, sharding.replicated(mesh))
   teacher_encoders = [t.encoder for t in teacher_models]
   terms = techniques.loss_terms(on, config, setup, [TaskLoss(model.objective)],
                                 teacher_encoders)
@@ -183,6 +184,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     state, best, last_eval = loop.run(state, step, teacher_params, batch_fields, best)
   finally:
     ckpt.close()
+  distributed.barrier('train_and_evaluate')  # process 0's files are complete for all
   return {'final': last_eval, 'best': best, 'steps': total_steps, 'trainable_params': trainable,
           'total_params': total, 'workdir': workdir, 'params': eval_params(state),
           'model': model, 'task': data.spec.name, 'main_metric': data.spec.main_metric}
@@ -207,7 +209,7 @@ class _Loop:
           self.model, self.eval_params(state), self.data.spec, self.data.eval_examples,
           self.data.eval_features, batch_size=c.eval_batch_size, max_length=c.max_length,
           pad_multiple=c.pad_multiple, predict=self.predict,
-          put=lambda b: sharding.put_batch(b, self.mesh))
+          put=lambda b: sharding.put_global_batch(b, self.mesh))
 
   def run(self, state, step, teacher_params, batch_fields, best):
     c, data, ckpt = self.config, self.data, self.ckpt
@@ -287,7 +289,8 @@ class _Progress:
   stay readable."""
 
   def __init__(self, start: int, total: int):
-    self.interactive = sys.stderr.isatty()
+    self.quiet = not distributed.is_primary()  # one job, one progress report
+    self.interactive = sys.stderr.isatty() and not self.quiet
     self.last, self.total = start, total
     self.every = max(1, total // 10)
     self.next_line = start + self.every
@@ -300,6 +303,8 @@ class _Progress:
       self.bar.update(step - self.last)
       self.bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}",
                            ex_s=f"{values['examples_per_sec']:.1f}")
+    elif self.quiet:
+      pass
     elif step >= self.next_line or step == self.total:
       print(f"step {step}/{self.total}: loss {values['loss']:.4f}, learning rate "
             f"{values['learning_rate']:.2e}, {values['examples_per_sec']:.1f} examples/s",
@@ -310,7 +315,7 @@ class _Progress:
   def message(self, text: str) -> None:
     if self.interactive:
       self.bar.write(text)
-    else:
+    elif not self.quiet:
       print(text, flush=True)
 
   def close(self) -> None:

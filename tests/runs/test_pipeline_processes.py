@@ -1,0 +1,58 @@
+"""The FastFormers chain and a study, unchanged, as 2 processes x 2 CPU devices: the
+trained stages run on both, the single-host stages (transforms, pruning, speed) on
+process 0, and every stage's params match a 1-process x 4-device run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from research.train import saved_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ('init', 'distilled', 'pruned', 'recovered', 'int8')
+
+
+def command(processes: int, args: list[str]):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  if processes == 1:
+    env['RESEARCH_CPU_DEVICES'] = '4'
+    prefix = []
+  else:
+    prefix = [sys.executable, '-m', 'experiments.launch', '--processes', str(processes),
+              '--cpu_devices', '2', '--']
+  out = subprocess.run(prefix + [sys.executable, '-m'] + args, cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def params(folder: str) -> dict:
+  return traverse_util.flatten_dict(saved_runs.restore_params(folder, 'best')[0], sep='/')
+
+
+def test_the_pipeline_as_two_processes(make_tiny_run, tmp_path):
+  teacher = make_tiny_run(2)
+  printed = {}
+  for processes in (1, 2):
+    printed[processes] = command(processes, [
+        'experiments.compress', '--config', 'experiments/configs/fastformers.py:runlocal',
+        '--teacher', f'{teacher}:best', '--workdir', str(tmp_path / str(processes)),
+        '--config.speed.torch=False'])
+  assert printed[2].count('"benchmark": "fastformers_pipeline"') == 1  # process 0 reports
+  reports = [json.loads((tmp_path / str(p) / 'pipeline.json').read_text()) for p in (1, 2)]
+  accuracy = [{r['model']: r.get('accuracy') for r in rep['rows']} for rep in reports]
+  assert accuracy[0] == accuracy[1]
+  for stage in STAGES:
+    one, two = (params(str(tmp_path / str(p) / 'L1' / stage)) for p in (1, 2))
+    assert sorted(one) == sorted(two), stage
+    for key in one:
+      np.testing.assert_allclose(np.asarray(two[key], np.float32),
+                                 np.asarray(one[key], np.float32), rtol=1e-4, atol=1e-5,
+                                 err_msg=f'{stage} {key}')
+  assert not list((tmp_path / '2' / 'L1').glob('*.partial'))
