@@ -12,6 +12,11 @@ Reads the environment, as a cluster's launcher sets it:
       SLURM, Open MPI): nothing else to set.
   RESEARCH_CPU_DEVICES=k        k CPU devices per process (tests and local runs).
   RESEARCH_JOIN_TIMEOUT=s       how long processes wait for each other (default 300).
+  RESEARCH_BARRIER_TIMEOUT=s    how long processes wait for process 0's single-host
+                                stages (`on_primary`; default 86400).
+  RESEARCH_HEARTBEAT_TIMEOUT=s  after how long without a peer's heartbeat JAX's runtime
+                                stops the job (default 100; what ends a job whose
+                                process died when no launcher is watching).
 
 Nothing set: one process, as before. With explicit addresses the processes first meet
 in a small handshake on the coordinator's port, so that a coordinator that never comes,
@@ -40,6 +45,9 @@ ENV_PROCESS_ID = 'RESEARCH_PROCESS_ID'
 ENV_AUTO = 'RESEARCH_DISTRIBUTED'
 ENV_CPU_DEVICES = 'RESEARCH_CPU_DEVICES'
 ENV_TIMEOUT = 'RESEARCH_JOIN_TIMEOUT'
+ENV_HEARTBEAT = 'RESEARCH_HEARTBEAT_TIMEOUT'
+ENV_BARRIER = 'RESEARCH_BARRIER_TIMEOUT'
+DEFAULT_HEARTBEAT = 100
 DEFAULT_TIMEOUT = 300
 
 
@@ -52,6 +60,8 @@ class Job:
   cpu_devices: int | None
   timeout: float
   auto: bool = False
+  heartbeat: int = DEFAULT_HEARTBEAT
+  barrier_timeout: int = 24 * 3600
 
 
 def job_from_env(env: Mapping[str, str] | None = None) -> Job:
@@ -73,6 +83,9 @@ def job_from_env(env: Mapping[str, str] | None = None) -> Job:
   if timeout <= 0:
     raise ValueError(f'{ENV_TIMEOUT}={timeout} must be > 0 seconds')
   cpu_devices = integer(ENV_CPU_DEVICES, 1)
+  heartbeat = integer(ENV_HEARTBEAT, 1) or DEFAULT_HEARTBEAT
+  waits = {'heartbeat': heartbeat,
+           'barrier_timeout': integer(ENV_BARRIER, 1) or Job.barrier_timeout}
   auto = env.get(ENV_AUTO, '')
   if auto not in ('', 'auto'):
     raise ValueError(f"{ENV_AUTO}={auto!r}: the only value is 'auto'")
@@ -82,9 +95,9 @@ def job_from_env(env: Mapping[str, str] | None = None) -> Job:
     if any(given.values()):
       raise ValueError(f'{ENV_AUTO}=auto finds the processes itself; unset '
                        f'{", ".join(k for k, v in given.items() if v)}')
-    return Job(None, 0, 0, cpu_devices, timeout, auto=True)
+    return Job(None, 0, 0, cpu_devices, timeout, auto=True, **waits)
   if not any(given.values()):
-    return Job(None, 1, 0, cpu_devices, timeout)
+    return Job(None, 1, 0, cpu_devices, timeout, **waits)
   missing = [k for k, v in given.items() if not v]
   if missing:
     raise ValueError(f'A multi-process job needs {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and '
@@ -96,7 +109,7 @@ def job_from_env(env: Mapping[str, str] | None = None) -> Job:
   host, _, port = coordinator.rpartition(':')
   if not host or not port.isdigit():
     raise ValueError(f"{ENV_COORDINATOR}={coordinator!r} is not 'host:port'")
-  return Job(coordinator, num, pid, cpu_devices, timeout)
+  return Job(coordinator, num, pid, cpu_devices, timeout, **waits)
 
 
 _JOINED: Job | None = None
@@ -120,9 +133,11 @@ def initialize(env: Mapping[str, str] | None = None) -> Job:
   if job.num_processes > 1:
     handshake(job)
     jax.distributed.initialize(job.coordinator, job.num_processes, job.process_id,
-                               initialization_timeout=int(max(job.timeout, 1)))
+                               initialization_timeout=int(max(job.timeout, 1)),
+                               heartbeat_timeout_seconds=job.heartbeat)
   elif job.auto:
-    jax.distributed.initialize(initialization_timeout=int(max(job.timeout, 1)))
+    jax.distributed.initialize(initialization_timeout=int(max(job.timeout, 1)),
+                               heartbeat_timeout_seconds=job.heartbeat)
   if jax.process_index() != 0:  # the primary reports; the others only warn
     logging.getLogger().setLevel(logging.WARNING)
   if jax.process_count() > 1:
@@ -254,8 +269,6 @@ def is_primary() -> bool:
 
 
 _BARRIERS: dict[str, int] = {}
-BARRIER_TIMEOUT = 24 * 3600  # a single-host stage may take hours; a dead peer is caught
-                             # by the launcher or by JAX's heartbeat, not by this
 
 
 def barrier(name: str) -> None:
@@ -269,8 +282,9 @@ def barrier(name: str) -> None:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   count = _BARRIERS[name] = _BARRIERS.get(name, 0) + 1  # each barrier id is used once
+  timeout = (_JOINED or Job(None, 1, 0, None, DEFAULT_TIMEOUT)).barrier_timeout
   jax_distributed.global_state.client.wait_at_barrier(f'research/{name}/{count}',
-                                                      BARRIER_TIMEOUT * 1000)
+                                                      timeout * 1000)
 
 
 def on_primary(name: str, fn: Callable[..., Any], *args, **kwargs) -> Any:

@@ -28,6 +28,7 @@ SLOW = (
     'tests/train/test_pretrain_run.py', 'tests/train/test_accuracy_parity.py',
     'tests/train/test_kill_anywhere.py', 'tests/train/test_multihost.py::test_two',
     'tests/train/test_multihost.py::test_a_killed', 'tests/train/test_multihost.py::test_the_cli',
+    'tests/train/test_multihost.py::test_without_a_launcher',
     'tests/train/test_trainer.py::test_a_qat_run', 'tests/train/test_trainer.py::test_kills',
     'tests/train/test_trainer.py::test_sigkill', 'tests/train/test_trainer.py::test_eight',
     'tests/train/test_trainer.py::test_distillation', 'tests/train/test_techniques.py::test_lora',

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import Any, Sequence
 
 import jax
@@ -127,7 +126,7 @@ def run_preset(config, preset: str, out: str) -> dict[str, Any]:
   """Trains and evaluates one preset in out/workdirs/<preset>; returns its table row."""
   c = trainer_config(config, preset)
   workdir = os.path.join(out, 'workdirs', preset.replace(':', '_'))
-  shutil.rmtree(workdir, ignore_errors=True)  # a leftover workdir would be resumed
+  study.clear(workdir)  # a leftover workdir would be resumed
   result, wall = speed.timed_call(lambda: train_and_evaluate(c, workdir))
   row = {
       'preset': preset,
@@ -141,9 +140,7 @@ def run_preset(config, preset: str, out: str) -> dict[str, Any]:
       'wall_seconds': wall,
   }
   if not config.keep_workdirs:
-    shutil.rmtree(workdir, ignore_errors=True)
-    if not os.listdir(os.path.dirname(workdir)):
-      os.rmdir(os.path.dirname(workdir))
+    study.drop(workdir)
   logging.info('%s: %s', preset, row)
   return row
 

@@ -45,8 +45,7 @@ def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]
     if saved.get('settings') == settings:
       return saved['row']
     logging.info('%s holds a run with other settings: training again', workdir)
-  # A half-finished run would be resumed; one process clears it, the others wait.
-  distributed.on_primary('study/clear', shutil.rmtree, workdir, ignore_errors=True)
+  clear(workdir)  # a half-finished run would be resumed
 
   def train():
     try:
@@ -60,6 +59,22 @@ def run_or_reuse(config, workdir: str, make_row: Callable[[dict], dict[str, Any]
   else:
     distributed.on_primary('study/drop', shutil.rmtree, workdir, ignore_errors=True)
   return row
+
+
+def clear(workdir: str) -> None:
+  """Deletes a run folder (a leftover would be resumed); in a job of several processes
+  process 0 deletes it while the others wait."""
+  distributed.on_primary('study/clear', shutil.rmtree, workdir, ignore_errors=True)
+
+
+def drop(workdir: str) -> None:
+  """Deletes a finished run folder, and its parent folder when that is left empty."""
+  def remove():
+    shutil.rmtree(workdir, ignore_errors=True)
+    parent = os.path.dirname(workdir)
+    if os.path.isdir(parent) and not os.listdir(parent):
+      os.rmdir(parent)
+  distributed.on_primary('study/drop', remove)
 
 
 def _write_json(path: str, value: Any) -> None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from research.train import saved_runs
@@ -56,3 +57,23 @@ def test_the_pipeline_as_two_processes(make_tiny_run, tmp_path):
                                  np.asarray(one[key], np.float32), rtol=1e-4, atol=1e-5,
                                  err_msg=f'{stage} {key}')
   assert not list((tmp_path / '2' / 'L1').glob('*.partial'))
+
+
+def test_a_study_as_two_processes(tmp_path):
+  """The freezing study (its own run folders, cleared and dropped per preset) as 2
+  processes: the same rows as one process, one report."""
+  data = ROOT.parent / 'shared' / 'data'
+  if not (data / 'glue' / 'SST-2' / 'train.tsv').is_file():
+    pytest.skip('SST-2 TSVs not found in ../shared/data')
+  rows = {}
+  for processes in (1, 2):
+    out = tmp_path / str(processes)
+    printed = command(processes, [
+        'experiments.freezing', '--config', 'experiments/configs/freezing.py:runlocal',
+        '--config.presets=full,bitfit', f'--config.data_dir={data / "glue"}', '--out', str(out)])
+    assert printed.count('# ') == 1  # the report's title, printed by process 0 only
+    rows[processes] = json.loads((out / 'results.json').read_text())['rows']
+    assert sorted(os.listdir(out)) == ['results.json', 'results.md']  # run folders dropped
+  for one, two in zip(rows[1], rows[2]):
+    for key in ('preset', 'dev_accuracy', 'trainable_params', 'optimizer_state_bytes'):
+      assert one[key] == two[key], key

@@ -149,6 +149,34 @@ def test_a_killed_process_stops_the_job_and_the_rerun_resumes(jobs, tmp_path):
   assert train[-1]['step'] == config.total_steps
 
 
+def test_without_a_launcher_the_heartbeat_stops_the_job(tiny_model, synthetic_root, tmp_path):
+  """On a cluster nobody may be watching: a peer killed mid-run stops the others within
+  RESEARCH_HEARTBEAT_TIMEOUT (JAX's runtime aborts them), never a hang."""
+  config = task_config(tiny_model, synthetic_root)
+  config.total_steps, config.checkpoint_every, config.eval_every = 400, 2, 400
+  path, workdir = tmp_path / 'config.json', tmp_path / 'run'
+  path.write_text(config.to_json())
+  port = distributed_port()
+  procs = []
+  for i in range(2):
+    env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+           distributed.ENV_COORDINATOR: f'localhost:{port}',
+           distributed.ENV_NUM_PROCESSES: '2', distributed.ENV_PROCESS_ID: str(i),
+           distributed.ENV_CPU_DEVICES: '2', distributed.ENV_HEARTBEAT: '10'}
+    procs.append(subprocess.Popen([sys.executable, str(RUNNER), str(path), str(workdir),
+                                   str(tmp_path / 'out')], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+  deadline = time.time() + TIMEOUT
+  while not (workdir / 'checkpoints' / '4').is_dir():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.05)
+  procs[1].kill()
+  start = time.time()
+  procs[0].wait(timeout=60)
+  assert procs[0].returncode != 0
+  print(f'process 0 stopped {time.time() - start:.1f} s after process 1 was killed')
+
+
 def test_the_cli_runs_main_as_two_processes(tiny_model, synthetic_root, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   workdir = tmp_path / 'run'
@@ -228,6 +256,8 @@ def distributed_port():
     ({distributed.ENV_AUTO: 'yes'}, "the only value is 'auto'"),
     ({distributed.ENV_AUTO: 'auto', distributed.ENV_PROCESS_ID: '0'}, 'unset RESEARCH_PROCESS_ID'),
     ({distributed.ENV_TIMEOUT: '0'}, 'must be > 0 seconds'),
+    ({distributed.ENV_HEARTBEAT: '0'}, 'RESEARCH_HEARTBEAT_TIMEOUT=0 must be >= 1'),
+    ({distributed.ENV_BARRIER: '-5'}, 'RESEARCH_BARRIER_TIMEOUT=-5 must be >= 1'),
 ])
 def test_a_malformed_job_environment(env, message):
   with pytest.raises(ValueError, match=message.replace('(', r'\(')):
