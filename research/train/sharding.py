@@ -113,6 +113,13 @@ def on_mesh(x: Any, mesh: Mesh) -> NamedSharding:
   return replicated(mesh)
 
 
+def _check_rows(batch: dict, devices: int, whose: str = '') -> None:
+  for key, value in batch.items():
+    if value.shape[0] % devices:
+      raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
+                       f'of the {devices} devices{whose}')
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Places a host-local numpy batch onto the mesh, split along the batch axis.
 
@@ -120,12 +127,9 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   with `jax.make_array_from_process_local_data`.
   """
   sharding = batch_sharding(mesh)
-  size = len(mesh.local_devices)  # this process's slice goes to its own devices
-  for key, value in batch.items():
-    if value.shape[0] % size:
-      raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
-                       f'of the {size} devices' + (' of this process' if
-                                                   jax.process_count() > 1 else ''))
+  # This process's slice goes to its own devices.
+  _check_rows(batch, len(mesh.local_devices),
+              ' of this process' if jax.process_count() > 1 else '')
   if jax.process_count() > 1:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
   return {k: jax.device_put(v, sharding) for k, v in batch.items()}
@@ -140,11 +144,7 @@ def put_global_batch(batch: dict, mesh: Mesh) -> dict:
   if jax.process_count() == 1:
     return put_batch(batch, mesh)
   sharding = batch_sharding(mesh)
-  size = mesh.devices.size
-  for key, value in batch.items():
-    if value.shape[0] % size:
-      raise ValueError(f'batch field {key!r} has {value.shape[0]} rows, not a multiple '
-                       f'of the {size} devices')
+  _check_rows(batch, mesh.devices.size)
   return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
           for k, v in batch.items()}
 
