@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -110,9 +110,9 @@ def _validate(keep: Keep | None, sizes: Mapping[int, int], unit: str) -> dict[in
 # -- importance ------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=8)
-def _gate_fn(model):
+def _gate_fn(model, loss=None):
   """A jitted `(params, batch) -> (|dL/dxi| per head, per neuron), examples`, cached per
-  (hashable) model so repeated scoring of one architecture compiles once."""
+  (hashable) model and loss so repeated scoring of one architecture compiles once."""
   config = model.encoder
   heads = [j for j, n in set_heads(config).items() if n]
   widths = [j for j, w in set_widths(config).items() if w]
@@ -135,7 +135,7 @@ def _gate_fn(model):
       full = {**params, 'encoder': {**encoder, **layers}}
       outputs = model.apply({'params': full}, batch['input_ids'], batch['attention_mask'],
                             batch.get('token_type_ids'), deterministic=True)[0]
-      return model.objective.loss(outputs, batch)
+      return (loss or model.objective.loss)(outputs, batch)
 
     grads, count = jax.grad(loss_fn, has_aux=True)(kernels)
     # dL/dxi = <W, dL/dW> over the rows a gate scales; |.| per batch, weighted by rows.
@@ -148,7 +148,7 @@ def _gate_fn(model):
 
 
 def importance(model, params: Mapping[str, Any], batches: Iterable[dict], *,
-               normalize: bool = True) -> Importance:
+               normalize: bool = True, loss: Callable | None = None) -> Importance:
   """Head and FFN-neuron importance of a TaskModel over `batches` (see module docstring).
 
   Args:
@@ -157,6 +157,10 @@ def importance(model, params: Mapping[str, Any], batches: Iterable[dict], *,
     batches: dicts with 'input_ids', 'attention_mask', the objective's labels and
       optional 'token_type_ids' / 'weights' (a `BatchIterator`'s batches).
     normalize: divide each layer's scores by their L2 norm (the paper's ranking).
+    loss: `(outputs, batch) -> (mean loss, units)` differentiated instead of the
+      objective's loss, e.g. a distillation loss reading teacher logits the caller put
+      in each batch (numeric entries reach it); a module-level function, so the
+      compiled scorer is reused.
 
   Returns:
     An `Importance`; a layer with no heads (or no FFN) has an empty array.
@@ -171,7 +175,7 @@ def importance(model, params: Mapping[str, Any], batches: Iterable[dict], *,
   _check_dense(config, encoder, task, [j for j, w in set_widths(config).items() if w], 'mlp')
   heads = {j: np.zeros(n, np.float64) for j, n in set_heads(config).items()}
   neurons = {j: np.zeros(w, np.float64) for j, w in set_widths(config).items()}
-  gates, total = _gate_fn(model), 0.0
+  gates, total = _gate_fn(model, loss), 0.0
   for batch in batches:
     batch = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'}
     head, neuron, count = jax.device_get(gates(params, batch))
