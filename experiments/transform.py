@@ -12,6 +12,8 @@ r"""Applies a structural transform to a saved run and writes the result as a new
         --transform select_layers --layers 0,2,4                # a student: every other layer
     python -m experiments.transform --run runs/student --out runs/student_narrow \
         --transform truncate_width --num_heads 6 --intermediate_size 1536 --hidden_size 384
+        # the most important heads / FFN units / coordinates on 512 train examples
+        # (--importance_examples); --order leading keeps the leading ones, reading no data
     # distil into the student (intermediates need the teacher in the step):
     python -m experiments.main --config experiments/configs/glue.py:task=sst2 \
         --workdir runs/student_ft --config.init_from=runs/student \
@@ -35,7 +37,7 @@ from absl import app, flags
 
 from research import logs
 from research.runs import transform
-from research.transforms import low_rank, quantize, share
+from research.transforms import low_rank, narrow, quantize, share
 
 flags.DEFINE_string('run', None, "The source run, 'folder[:best|:latest]'.")
 flags.DEFINE_string('out', None, 'The new run folder to write.')
@@ -51,9 +53,14 @@ flags.DEFINE_integer('calibration_examples', 512, 'ptq: train examples to calibr
 flags.DEFINE_integer('embedding_size', None, 'embeddings: width E of the tables (< H).')
 flags.DEFINE_enum('bits', '8', ['4', '8'], 'ptq: kernel bits (4 = packed int4, w4a8).')
 flags.DEFINE_string('layers', '', 'select_layers: source layers kept, e.g. 0,2,4.')
-flags.DEFINE_integer('num_heads', None, 'truncate_width: leading heads kept per layer.')
-flags.DEFINE_integer('intermediate_size', None, 'truncate_width: leading FFN units kept.')
-flags.DEFINE_integer('hidden_size', None, 'truncate_width: leading hidden coordinates kept.')
+flags.DEFINE_integer('num_heads', None, 'truncate_width: heads kept per layer.')
+flags.DEFINE_integer('intermediate_size', None, 'truncate_width: FFN units kept per layer.')
+flags.DEFINE_integer('hidden_size', None, 'truncate_width: hidden coordinates kept.')
+flags.DEFINE_enum('order', 'importance', list(narrow.ORDERS),
+                  'truncate_width: keep the most important heads / units / coordinates '
+                  '(gate gradients of the task loss on train examples) or the leading ones.')
+flags.DEFINE_integer('importance_examples', 512,
+                     'truncate_width --order importance: train examples scored.')
 flags.mark_flags_as_required(['run', 'out', 'transform'])
 
 

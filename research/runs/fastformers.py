@@ -6,8 +6,9 @@ Stages, each a run folder under the workdir that the next starts from (`init_fro
   1. dynamic sequence length: each batch padded to its own longest sentence instead of
      `max_length` (measured on the teacher; every later model also runs this way);
   2. distillation into each student (`students`): initialised from teacher layers
-     (`student_init.select_layers`, optionally narrowed), trained with the frozen
-     teacher in the step (soft targets + hidden states);
+     (`student_init.select_layers`, optionally narrowed to the most important heads,
+     FFN units and hidden coordinates, `narrow.ranked_width`, or the leading ones),
+     trained with the frozen teacher in the step (soft targets + hidden states);
   3. structured pruning of heads and FFN neurons by importance (Michel et al. 2019),
      physically removed, then a short distillation recovery;
   4. int8 post-training quantization (static activation scales, int8 x int8 -> int32).
@@ -33,8 +34,9 @@ from research.runs import run_data, transform
 from research.train import defaults as trainer_schema
 from research.train import saved_runs, techniques
 from research.train.trainer import train_and_evaluate
+from research.transforms import narrow
 
-STUDENT_KEYS = ('layers', 'heads', 'ffn', 'hidden')
+STUDENT_KEYS = ('layers', 'heads', 'ffn', 'hidden', 'order')
 STAGES = ('init', 'distilled', 'pruned', 'recovered', 'int8')
 
 
@@ -43,7 +45,9 @@ def defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Students, ';'-separated; each `layers=<teacher layers>` with optional `heads=`,
-  # `ffn=`, `hidden=` (leading heads / units / coordinates kept; student_init.py).
+  # `ffn=`, `hidden=` (the kept layers' most important heads / units / coordinates,
+  # scored on prune.importance_examples train examples; `order=leading` keeps the
+  # leading ones instead; transforms/narrow.py).
   c.students = 'layers=1,3,5;layers=2,5'
   # Distillation: frozen teacher in the step, soft targets (alpha, temperature) and
   # TinyBERT hidden-state MSE on uniformly mapped layers.
@@ -68,16 +72,25 @@ def parse_student(spec: str) -> dict[str, str]:
   fields = specs.fields(spec, known=STUDENT_KEYS, sep=' ', convert=str, what='student')
   if 'layers' not in fields:
     raise ValueError(f'student {spec!r} names no teacher layers (layers=1,3,5)')
+  if fields.get('order', 'importance') not in narrow.ORDERS:
+    raise ValueError(f'student {spec!r}: order must be one of {list(narrow.ORDERS)}, '
+                     f'got {fields["order"]!r}')
+  if 'order' in fields and not any(k in fields for k in ('heads', 'ffn', 'hidden')):
+    raise ValueError(f'student {spec!r}: order= chooses which heads / units / coordinates '
+                     'a narrowed student keeps; it needs heads=, ffn= or hidden=')
   return fields
 
 
 def students(pipeline) -> dict[str, dict[str, str]]:
-  """name -> fields, e.g. 'L3' for layers=1,3,5 ('L3_h256' when narrowed)."""
+  """name -> fields, e.g. 'L3' for layers=1,3,5 ('L3_h256' when narrowed, by importance;
+  'L3_h256_leading' keeping the leading ones)."""
   out = {}
   for spec in specs.items(pipeline.students, sep=';', what='students'):
     fields = parse_student(spec)
     name = f'L{len(fields["layers"].split(","))}' + ''.join(
         f'_{k[0]}{fields[k]}' for k in ('heads', 'ffn', 'hidden') if k in fields)
+    if fields.get('order') == 'leading':
+      name += '_leading'
     out[name] = fields
   if not out:
     raise ValueError('config.students names no student')
@@ -107,19 +120,21 @@ def _done(folder: str) -> bool:
   return os.path.isdir(os.path.join(folder, 'best'))
 
 
-def _student_init(teacher_ref: str, fields: dict, folder: str) -> str:
+def _student_init(teacher_ref: str, fields: dict, folder: str, importance_examples: int) -> str:
   """The student's starting run (teacher layers, narrowed when asked); made once."""
-  narrow = folder + '_narrow'
+  narrowed = folder + '_narrow'
   wants_narrow = any(k in fields for k in ('heads', 'ffn', 'hidden'))
   if not _done(folder):
     distributed.on_primary('fastformers/init', transform.transform_run, teacher_ref, folder,
                            'select_layers', layers=fields['layers'])
-  if wants_narrow and not _done(narrow):
+  if wants_narrow and not _done(narrowed):
     as_int = lambda key: int(fields[key]) if key in fields else None
-    distributed.on_primary('fastformers/narrow', transform.transform_run, folder, narrow,
+    distributed.on_primary('fastformers/narrow', transform.transform_run, folder, narrowed,
                            'truncate_width', num_heads=as_int('heads'),
-                           intermediate_size=as_int('ffn'), hidden_size=as_int('hidden'))
-  return narrow if wants_narrow else folder
+                           intermediate_size=as_int('ffn'), hidden_size=as_int('hidden'),
+                           order=fields.get('order', 'importance'),
+                           importance_examples=importance_examples)
+  return narrowed if wants_narrow else folder
 
 
 def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, str]]:
@@ -132,7 +147,7 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
   p = pipeline.prune
   for name, fields in students(pipeline).items():
     stage = {k: os.path.join(workdir, name, k) for k in STAGES}
-    init = _student_init(teacher_ref, fields, stage.pop('init'))
+    init = _student_init(teacher_ref, fields, stage.pop('init'), p.importance_examples)
     train_and_evaluate(train_config(teacher.config, pipeline, init, teacher_ref,
                                     pipeline.distill.steps), stage['distilled'])
     if not _done(stage['pruned']):  # single-host stages: process 0 writes the folder

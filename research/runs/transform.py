@@ -2,6 +2,7 @@
 
     summary = transform_run('runs/sst2:best', 'runs/sst2_r64', 'low_rank', rank=64)
     summary = transform_run('runs/sst2', 'runs/sst2_int8', 'ptq', calibration='mse')
+    summary = transform_run('runs/student', 'runs/narrow', 'truncate_width', num_heads=6)
 
 `TRANSFORMS` maps a name to a small function `(run data, **its options) -> (encoder
 config, params, details)`; `transform_run` reads the run, applies one, writes the result
@@ -19,7 +20,7 @@ from typing import Any, Callable
 from research import specs
 from research.models.sizes import count_params
 from research.runs import run_data
-from research.transforms import low_rank, quantize, share, student_init
+from research.transforms import low_rank, narrow, quantize, share, student_init
 
 Result = tuple[Any, Any, Any]  # (encoder config, params, details)
 
@@ -71,19 +72,34 @@ def select_layers_run(data: run_data.RunData, *, layers: str = '') -> Result:
 
 def truncate_width_run(data: run_data.RunData, *, num_heads: int | None = None,
                        intermediate_size: int | None = None,
-                       hidden_size: int | None = None) -> Result:
-  """A narrower student: the leading heads, FFN units and hidden coordinates."""
+                       hidden_size: int | None = None, order: str = 'importance',
+                       importance_examples: int = 512) -> Result:
+  """A narrower student: each layer's most important heads and FFN units and the most
+  important hidden coordinates, scored with the task loss on the first
+  `importance_examples` train examples (`narrow.ranked_width`); `order='leading'`
+  keeps the leading ones instead (`student_init.truncate_width`, no data read)."""
   if num_heads is None and intermediate_size is None and hidden_size is None:
     raise ValueError('transform truncate_width needs num_heads, intermediate_size and/or '
                      'hidden_size')
+  if order not in narrow.ORDERS:
+    raise ValueError(f'transform truncate_width: order must be one of {list(narrow.ORDERS)}, '
+                     f'got {order!r}')
   if hidden_size is not None and data.run.model.layer_mix.startswith('last:'):
     raise ValueError(f'hidden_size cannot truncate the head of layer_mix='
                      f'{data.run.model.layer_mix!r} (it reads concatenated layers)')
-  config, params = student_init.truncate_width(
-      data.run.model.encoder, data.run.params, num_heads=num_heads,
-      intermediate_size=intermediate_size, hidden_size=hidden_size)
-  return config, params, {'num_heads': num_heads, 'intermediate_size': intermediate_size,
-                          'hidden_size': hidden_size}
+  sizes = {'num_heads': num_heads, 'intermediate_size': intermediate_size,
+           'hidden_size': hidden_size}
+  details = {**sizes, 'order': order}
+  if order == 'leading':
+    config, params = student_init.truncate_width(data.run.model.encoder, data.run.params,
+                                                 **sizes)
+    return config, params, details
+  if importance_examples < 1:
+    raise ValueError(f'importance_examples must be >= 1, got {importance_examples}')
+  _, sample = data.split(data.config.train_split, importance_examples, training=True)
+  config, params = narrow.ranked_width(data.run.model, data.run.params,
+                                       data.batches(sample), **sizes)
+  return config, params, {**details, 'importance_examples': len(sample)}
 
 
 TRANSFORMS: dict[str, Callable[..., Result]] = {

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.configs import fastformers as configs
-from research.runs import fastformers, measure, transform
+from research.runs import fastformers, measure, run_data, transform
 from research.train import saved_runs
+from research.transforms import narrow, student_init
 
 
 def test_pipeline_runs_every_stage_and_reports(make_tiny_run, tmp_path):
@@ -72,3 +75,38 @@ def test_compare_runs_scores_and_times_each_run(make_tiny_run, tmp_path):
     measure.parse_runs('a=x,a=y')
   with pytest.raises(ValueError, match='name=folder'):
     measure.parse_runs('runs/x')
+
+
+def test_narrowing_ranks_by_importance_unless_leading_is_named(make_tiny_run, tmp_path):
+  teacher = make_tiny_run(2)
+  ranked = transform.transform_run(f'{teacher}:best', str(tmp_path / 'ranked'),
+                                   'truncate_width', num_heads=2, hidden_size=16,
+                                   importance_examples=16)
+  assert ranked['sites'] == {'num_heads': 2, 'intermediate_size': None, 'hidden_size': 16,
+                             'order': 'importance', 'importance_examples': 16}
+  data = run_data.load(f'{teacher}:best')
+  _, sample = data.split(data.config.train_split, 16, training=True)
+  config, want = narrow.ranked_width(data.run.model, data.run.params, data.batches(sample),
+                                     num_heads=2, hidden_size=16)
+  got = saved_runs.load_run(ranked['out'])
+  assert got.model.encoder == config
+  jax.tree.map(np.testing.assert_allclose, got.params, want)
+  leading = transform.transform_run(f'{teacher}:best', str(tmp_path / 'leading'),
+                                    'truncate_width', num_heads=2, hidden_size=16,
+                                    order='leading')
+  config, want = student_init.truncate_width(data.run.model.encoder, data.run.params,
+                                             num_heads=2, hidden_size=16)
+  got = saved_runs.load_run(leading['out'])
+  assert got.model.encoder == config and leading['sites']['order'] == 'leading'
+  jax.tree.map(np.testing.assert_allclose, got.params, want)
+  with pytest.raises(ValueError, match=r"order must be one of \['importance', 'leading'\]"):
+    transform.transform_run(f'{teacher}:best', str(tmp_path / 'x'), 'truncate_width',
+                            num_heads=2, order='random')
+  # FastFormers students: importance by default, `order=leading` named in the folder.
+  pipeline = configs.get_config('runlocal')
+  pipeline.students = 'layers=1 heads=2;layers=1 heads=2 order=leading;layers=0,1'
+  assert list(fastformers.students(pipeline)) == ['L1_h2', 'L1_h2_leading', 'L2']
+  with pytest.raises(ValueError, match='order must be one of'):
+    fastformers.parse_student('layers=1 heads=2 order=best')
+  with pytest.raises(ValueError, match='needs heads=, ffn= or hidden='):
+    fastformers.parse_student('layers=1 order=leading')

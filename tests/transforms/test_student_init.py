@@ -118,7 +118,8 @@ def test_transform_writes_a_student_run(tmp_path, params):
   np.testing.assert_array_equal(student.params['encoder']['layer_0']['attention']['key']['kernel'],
                                 params['layer_1']['attention']['key']['kernel'])
   narrow = transform.transform_run(str(tmp_path / 'student'), str(tmp_path / 'narrow'),
-                                   'truncate_width', num_heads=1, hidden_size=8)
+                                   'truncate_width', num_heads=1, hidden_size=8,
+                                   order='leading')  # this run has no data to score
   assert saved_runs.load_run(narrow['out']).model.encoder.hidden_size == 8
   with pytest.raises(ValueError, match='needs layers'):
     transform.transform_run(str(tmp_path / 'teacher'), str(tmp_path / 'x'), 'select_layers')
