@@ -21,9 +21,11 @@ shared by every place the residual stream is read: it scales coordinate c of the
 embeddings' output and of every LayerNorm's output (final_norm too). Every block,
 the pooler and the head read the stream only through those outputs, in post-LN
 and pre-LN models alike, so xi_c = 0 is removing c up to the LayerNorm statistics,
-the same first-order question Michel et al. ask of a head. We prefer it to
-activation size: BERT's few huge-magnitude coordinates would win either way, but
-the gate also ranks the rest by what the task loss needs of them.
+the same first-order question Michel et al. ask of a head. It ranks by what the
+task loss needs, not by size: narrowing the SST-2 MiniLM-L6 run (runs/sst2_main) from
+384 to 192 coordinates without retraining keeps 80.2 dev accuracy by the gate, 77.9
+by mean |activation| over the hidden states, 67.6 by the leading order (teacher 89.0;
+scored on 512 train examples).
 
 Example:
   >>> from research.models import init_params
