@@ -115,6 +115,24 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> flo
   return step_medians({'fn': fn}, warmup=warmup, rounds=1, per_round=repeats)['fn'][0]
 
 
+# The instruction-set features that decide which CPU kernels run (what a figure depends on).
+_CPU_FEATURES = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx_vnni',
+                 'avx512_bf16', 'amx_tile', 'amx_int8', 'amx_bf16', 'amx_fp16')
+
+
+def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> list[str]:
+  """The kernel-relevant instruction-set features of this CPU (Linux /proc/cpuinfo; on
+  other systems the platform's machine name), for printing beside every speed figure."""
+  try:
+    with open(cpuinfo) as f:
+      line = next((l for l in f if l.startswith('flags')), '')
+  except OSError:
+    import platform  # pylint: disable=g-import-not-at-top
+    return [platform.machine() or 'unknown']
+  have = set(line.split(':', 1)[-1].split())
+  return [x for x in _CPU_FEATURES if x in have] or ['none of ' + ','.join(_CPU_FEATURES)]
+
+
 def timed_call(fn: Callable[[], Any]) -> tuple[Any, float]:
   """(fn(), its wall-clock seconds): `fn` must block until its result is ready."""
   start = time.perf_counter()

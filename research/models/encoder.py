@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import projections, products
+from research.models import blocked_attention, hooks, projections, products
 from research.models.config import EncoderConfig
 from research.models.dropout import Dropout
 from research.models.embeddings import Embed, Embeddings
@@ -89,6 +89,14 @@ class Attention(nn.Module):
             and all(type(q) is kind for q in qkv)  # pylint: disable=unidiomatic-typecheck
             and len({products.spec_at(cfg.products, s) for s in sites}) == 1)
 
+  def _plain_chain(self, site: str) -> bool:
+    """No hook or non-default product acts between the projections and the context."""
+    cfg = self.config
+    return (all(products.spec_at(cfg.products, site + p) == 'default'
+                for p in ('scores', 'context'))
+            and all(hooks.spec_at(cfg.hooks, site + h) == 'identity'
+                    for h in ('softmax_in', 'softmax_out')))
+
   @nn.compact
   def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False,
                cache: 'Cache | None' = None, layer: int = 0):
@@ -127,6 +135,12 @@ class Attention(nn.Module):
       # A pruned layer uses the first `n` of the cache's (max over layers) head slots.
       k, v = keys[layer, :, :n].astype(dtype), values[layer, :, :n].astype(dtype)
     site = projections.site_of(self, '')
+    if (cache is None and not output_attentions
+        and (deterministic or cfg.attention_dropout == 0)
+        and self._plain_chain(site) and blocked_attention.use_blocks(q.shape, k.shape)):
+      # Long sequences on CPU: the same chain a cache-sized block of heads at a time.
+      ctx = blocked_attention.attend(q, k, v, bias, scale=d ** -0.5, dtype=dtype)
+      return out_proj(ctx), None, ((q, k, v) if output_qkv else None)
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
     scores = products.product_at(cfg.products, site + 'scores')(
         'bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)

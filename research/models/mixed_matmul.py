@@ -21,6 +21,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from research.models import integer_dot
+
 _LOW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -109,8 +111,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, bias: jax.Array | None = None,
            out_dtype=None) -> jax.Array:
   """`jnp.einsum(spec, a, b) + bias`, accumulated in f32 when a and b are bf16/f16.
 
-  Two int8 operands accumulate in int32 (the integer inference path); the result is
-  int32 unless `out_dtype` says otherwise, and there is no gradient.
+  Two int8 operands accumulate in int32 (the integer inference path, through the
+  u8 x s8 kernels on CPU: `integer_dot.s8_einsum`); the result is int32 unless
+  `out_dtype` says otherwise, and there is no gradient.
 
   Args:
     spec: a two-operand einsum; every index of one operand appears in the other or in
@@ -121,7 +124,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, bias: jax.Array | None = None,
     out_dtype: the result's dtype; defaults to a's dtype.
   """
   if jnp.dtype(a.dtype) == jnp.int8 and jnp.dtype(b.dtype) == jnp.int8:
-    y = jnp.einsum(spec, a, b, preferred_element_type=jnp.int32)
+    y = integer_dot.s8_einsum(spec, a, b)
     if bias is not None:
       y = y + bias.astype(y.dtype)
     return y.astype(out_dtype or jnp.int32)

@@ -116,8 +116,10 @@ def test_int8_path_matches_its_fake_quantized_reference(method):
   assert config.fuse_qkv
   unfused, _ = Encoder(config.replace(fuse_qkv=False)).apply({'params': qparams}, ids)
   np.testing.assert_allclose(integer, unfused, atol=1e-5)
-  dots = lambda c: str(jax.make_jaxpr(lambda p: Encoder(c).apply({'params': p}, ids))(
-      qparams)).count('dot_general')
+  # int8 x int8 products run as u8s8_dot on CPU (research/models/integer_dot.py).
+  jaxpr = lambda c: str(jax.make_jaxpr(lambda p: Encoder(c).apply({'params': p}, ids))(
+      qparams))
+  dots = lambda c: jaxpr(c).count('dot_general') + jaxpr(c).count('u8s8_dot')
   assert dots(config.replace(fuse_qkv=False)) - dots(config) == 2 * CONFIG.num_layers
   dense, _ = Encoder(CONFIG).apply({'params': params}, ids)
   cosine = np.mean((np.asarray(integer) * np.asarray(dense)).sum(-1) / np.linalg.norm(
