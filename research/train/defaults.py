@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 
 import ml_collections
 
@@ -31,6 +32,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   # EncoderConfig fields changed ('num_layers=4,hidden_size=256,num_heads=4,
   # intermediate_size=1024'), all params randomly initialised. '' = load the weights.
   c.scratch = ''
+  # A student cut from config.model (or init_from) before training: FastFormers' spec,
+  # 'layers=1,3,5 hidden=256 heads=6 ffn=768 order=leading' (research/train/student.py).
+  c.student = ''
   c.task = 'sst2'
   c.data_dir = ''            # local folder in original formats; '' = TFDS
   c.data_source = 'auto'     # 'auto' | 'local' | 'tfds'
@@ -103,6 +107,10 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.quant = ''
   c.quant_attention = False
   c.quant_full = False
+  # With quant_full: which groups are fake-quantized ('' = all: attention, embeddings,
+  # softmax, gelu, layernorm), each optionally at other bits or per token
+  # ('layernorm:16', 'embeddings:8:token'); for ablations and their remedies.
+  c.quant_full_sites = ''
   # LoRA adapters (research/transforms/lora.py): rank 0 = off; the update is scaled by
   # alpha / rank; targets: a regex over projection sites ('encoder/layer_3/attention/query').
   c.lora = ml_collections.ConfigDict({'rank': 0, 'alpha': 16.0,
@@ -142,6 +150,43 @@ def pretraining_defaults(source: str = 'gutenberg', objective: str = 'mlm'
   c.num_epochs = 0
   c.total_steps = 2000
   c.eval_every = 500
+  return c
+
+
+def general_distillation_defaults(teacher: str = 'minilm-l6', source: str = 'gutenberg',
+                                  student: str = '') -> ml_collections.ConfigDict:
+  """The trainer's fields for general (task-agnostic) distillation of `teacher` into a
+  student cut from it (`student`, a `research/train/student.py` spec; '' = the whole
+  teacher) on the corpus `source`: TinyBERT's hidden-state MSE on uniformly mapped layers
+  plus MiniLM v2's q/k/v relations of the last layer, no masked-LM loss (alpha = 1).
+
+  `teacher` is a pre-trained checkpoint (alias, folder or Hub id: the student is cut
+  from config.model) or a run folder ('runs/x[:best]': cut from config.init_from).
+  experiments/configs/general_distill.py starts here; the run folder is then a starting
+  point for task runs (`--config.init_from=<run>`).
+  """
+  c = pretraining_defaults(source, 'mlm')
+  folder, _, which = teacher.rpartition(':')
+  if which not in ('best', 'latest'):
+    folder, which = teacher, 'best'
+  if os.path.isdir(os.path.join(folder, 'checkpoints')) or os.path.isdir(
+      os.path.join(folder, 'best')):  # a run folder: teacher and student's source
+    c.init_from, c.distill.teachers, c.distill.checkpoint = teacher, folder, which
+  else:
+    c.model, c.distill.teachers = teacher, f'hf:{teacher}'
+  c.student = student
+  c.distill.mode = 'in_step'
+  c.distill.alpha = 1.0          # distillation terms only (the MLM head is not trained)
+  c.distill.hidden_weight = 1.0
+  c.distill.relation_weight = 1.0
+  c.distill.layer_map = 'uniform'
+  c.distill.relation_layer_map = 'last:1'
+  c.optimizer.learning_rate = 2e-4
+  # The dev score is masked-LM accuracy, which an untrained head makes meaningless: one
+  # evaluation at the end, so best/ (what init_from reads) is the final student (a
+  # reference: --config.total_steps=N moves it along).
+  c.eval_every = c.get_ref('total_steps')
+  c.checkpoint_every = 500
   return c
 
 

@@ -174,19 +174,74 @@ def hook(text: str) -> hooks.Hook:
 hooks.register('fake_quant', hook)
 
 
-def full_quant_rules(spec: str) -> tuple[tuple[str, str], ...]:
+# What fully quantized BERT quantizes beyond the projections, in groups an ablation can
+# take apart (`quant_full_sites`): group -> hook-site regex (None: the attention products,
+# which are products, not hooks).
+FULL_QUANT_GROUPS = {
+    'attention': None,
+    'embeddings': r'(.*/)?embeddings/output',
+    'softmax': r'(.*/)?attention/softmax_in',
+    'gelu': r'(.*/)?mlp/gelu_(in|out)',
+    'layernorm': r'(.*/)?(attention_norm|output_norm|final_norm)/(input|output)',
+}
+
+
+def parse_full_sites(text: str) -> dict[str, tuple[int | None, bool]]:
+  """'' (every group) or 'group[:bits][:token],...' -> {group: (bits or None, per_token)}.
+
+  bits overrides the spec's activation bits for that group (e.g. 'layernorm:16' keeps the
+  LayerNorms at 16 bits, higher precision only where an ablation shows it matters);
+  'token' gives every row of the last axis its own scale (per-token ranges where
+  outliers live)."""
+  if not text.strip():
+    return {g: (None, False) for g in FULL_QUANT_GROUPS}
+  out = {}
+  for item in specs.items(text, what='quant_full_sites'):
+    group, *options = item.split(':')
+    if group not in FULL_QUANT_GROUPS:
+      raise ValueError(f'quant_full_sites: unknown group {group!r} in {text!r}; groups: '
+                       f'{sorted(FULL_QUANT_GROUPS)} (optionally :<bits> and :token)')
+    bits, token = None, False
+    for option in options:
+      if option == 'token':
+        token = True
+      elif option.isdigit() and 2 <= int(option) <= 16:
+        bits = int(option)
+      else:
+        raise ValueError(f'quant_full_sites: {item!r}: options are :<bits in 2..16> and '
+                         ':token')
+    out[group] = (bits, token)
+  return out
+
+
+def full_quant_rules(spec: str, sites: str = '') -> tuple[tuple[str, str], ...]:
   """Hook rules that, with `qat_rules(spec, attention=True)`, fake-quantize everything
   fully quantized BERT does: embedding tables (per row), the embedding output, the
   softmax input and output (the output on an asymmetric grid: it is never negative),
   the GELU input and output and every LayerNorm's input and output, all at the spec's
-  activation bits (weight bits for the tables)."""
+  activation bits (weight bits for the tables). `sites` (`parse_full_sites`) keeps only
+  some groups, at other bits or with per-token scales; '' = all, as above."""
   parsed = QuantSpec.parse(spec)
   bits = parsed.activation_bits or 8
   table_bits = parsed.weight_bits or bits
   act = f'a{bits}' + (',asym' if parsed.asymmetric else '')
-  return ((EMBEDDING_TABLES, f'fake_quant:a{table_bits},token'),
-          (r'.*/attention/softmax_out', f'fake_quant:a{bits},asym'),
-          (FULL_QUANT_SITES, f'fake_quant:{act}'))
+  if not sites.strip():
+    return ((EMBEDDING_TABLES, f'fake_quant:a{table_bits},token'),
+            (r'.*/attention/softmax_out', f'fake_quant:a{bits},asym'),
+            (FULL_QUANT_SITES, f'fake_quant:{act}'))
+  rules = []
+  for group, (group_bits, token) in parse_full_sites(sites).items():
+    if FULL_QUANT_GROUPS[group] is None:
+      continue
+    b = group_bits or bits
+    hook_spec = f'a{b}' + (',asym' if parsed.asymmetric else '') + (',token' if token else '')
+    if group == 'embeddings':
+      rules.append((EMBEDDING_TABLES, f'fake_quant:a{group_bits or table_bits},token'))
+    if group == 'softmax':
+      rules.append((r'(.*/)?attention/softmax_out',
+                    f'fake_quant:a{b},asym' + (',token' if token else '')))
+    rules.append((FULL_QUANT_GROUPS[group], f'fake_quant:{hook_spec}'))
+  return tuple(rules)
 
 
 class QuantizationAwareTraining(Technique):
@@ -195,7 +250,7 @@ class QuantizationAwareTraining(Technique):
   `quant_full` everything fully quantized BERT does (attention products and the hooks
   of `full_quant_rules`)."""
   name = 'qat'
-  config_keys = ('quant', 'quant_attention', 'quant_full')
+  config_keys = ('quant', 'quant_attention', 'quant_full', 'quant_full_sites')
 
   def active(self, config) -> bool:
     return bool(config.quant)
@@ -205,14 +260,21 @@ class QuantizationAwareTraining(Technique):
       qat_rules(config.quant)  # a spec that is malformed or quantizes nothing fails here
     elif config.quant_attention or config.quant_full:
       raise ValueError('config.quant_attention / quant_full need config.quant (e.g. w8,a8)')
+    sites = config.get('quant_full_sites', '')
+    if sites:
+      if not config.quant_full:
+        raise ValueError('config.quant_full_sites needs config.quant_full=True')
+      parse_full_sites(sites)
 
   def encoder(self, config, encoder_config):
     full = config.quant_full
-    rules = qat_rules(config.quant, config.quant_attention or full)
+    sites = config.get('quant_full_sites', '') if full else ''
+    attention = config.quant_attention or (full and 'attention' in parse_full_sites(sites))
+    rules = qat_rules(config.quant, attention)
     encoder_config = encoder_config.replace(products=rules + encoder_config.products)
     if full:
       encoder_config = encoder_config.replace(
-          hooks=full_quant_rules(config.quant) + encoder_config.hooks)
+          hooks=full_quant_rules(config.quant, sites) + encoder_config.hooks)
     return encoder_config
 
 

@@ -309,3 +309,39 @@ def test_an_int8_run_loaded_as_float_is_a_named_error(tmp_path):
   saved_runs.write_run(str(tmp_path / 'float'), model, params, config=trainer_defaults())
   with pytest.raises(ValueError, match='holds float kernels where the model is int8'):
     saved_runs.init_params(f'{tmp_path / "float"}:best', model.clone(encoder=config), qparams)
+
+
+def test_fully_quantized_groups_can_be_taken_apart():
+  """quant_full_sites: one group at a time (the ablation), other bits or per-token scales
+  (the remedies); unknown groups and options are named."""
+  from research.models import hooks  # pylint: disable=g-import-not-at-top
+  seen = []
+  hooks.register('seen_group', lambda arg: lambda x: (seen.append(arg), x)[1])
+  ids = next(_batches(1, seed=3))['input_ids']
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  per_layer = {'gelu': 2, 'layernorm': 4, 'softmax': 2}
+  for group, count in per_layer.items():
+    rules = qat.full_quant_rules('w8,a8', group)
+    seen.clear()
+    Encoder(CONFIG.replace(hooks=tuple((p, 'seen_group:' + s) for p, s in rules))).apply(
+        {'params': params}, ids)
+    assert len(seen) == count * CONFIG.num_layers, group
+  assert qat.full_quant_rules('w8,a8', 'layernorm:16:token') == (
+      (qat.FULL_QUANT_GROUPS['layernorm'], 'fake_quant:a16,token'),)
+  assert qat.parse_full_sites('') == {g: (None, False) for g in qat.FULL_QUANT_GROUPS}
+  with pytest.raises(ValueError, match="unknown group 'norms'"):
+    qat.parse_full_sites('norms')
+  with pytest.raises(ValueError, match='options are'):
+    qat.parse_full_sites('gelu:32')
+  # Only 'attention' adds the fake-quantized attention products.
+  from research.train import defaults  # pylint: disable=g-import-not-at-top
+  config = defaults.trainer_defaults()
+  config.quant, config.quant_full, config.quant_full_sites = 'w8,a8', True, 'gelu'
+  encoder = qat.TECHNIQUE.encoder(config, CONFIG)
+  assert dict(encoder.products)[qat.ATTENTION_PRODUCTS] == 'default'
+  config.quant_full_sites = 'gelu,attention'
+  encoder = qat.TECHNIQUE.encoder(config, CONFIG)
+  assert dict(encoder.products)[qat.ATTENTION_PRODUCTS].startswith('fake_quant_act')
+  config.quant_full = False
+  with pytest.raises(ValueError, match='needs config.quant_full'):
+    qat.TECHNIQUE.check(config)
