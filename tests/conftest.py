@@ -37,6 +37,8 @@ SLOW = (
     'tests/transforms/test_quantize.py::test_fully_quantized',
     'tests/evaluate/test_pretrain_speed.py', 'tests/evaluate/test_fsdp_memory.py',
     'tests/objectives/test_pretraining.py::test_logits_at_predicted',
+    'tests/train/test_general_distill.py::test_general_distillation_lowers',
+    'tests/train/test_general_distill.py::test_the_student_seeds',
 )
 
 

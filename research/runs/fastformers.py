@@ -33,10 +33,10 @@ from research.runs import prune as prune_lib
 from research.runs import run_data, transform
 from research.train import defaults as trainer_schema
 from research.train import saved_runs, techniques
+from research.train import student as student_spec
 from research.train.trainer import train_and_evaluate
-from research.transforms import narrow
 
-STUDENT_KEYS = ('layers', 'heads', 'ffn', 'hidden', 'order')
+STUDENT_KEYS = student_spec.KEYS
 STAGES = ('init', 'distilled', 'pruned', 'recovered', 'int8')
 
 
@@ -68,16 +68,11 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def parse_student(spec: str) -> dict[str, str]:
-  """'layers=1,3,5 hidden=256 heads=8' -> {'layers': '1,3,5', ...}; unknown keys are errors."""
-  fields = specs.fields(spec, known=STUDENT_KEYS, sep=' ', convert=str, what='student')
+  """'layers=1,3,5 hidden=256 heads=8' -> {'layers': '1,3,5', ...} (the trainer's
+  `config.student` spec, `research/train/student.py`); a student here names its layers."""
+  fields = student_spec.parse(spec)
   if 'layers' not in fields:
     raise ValueError(f'student {spec!r} names no teacher layers (layers=1,3,5)')
-  if fields.get('order', 'importance') not in narrow.ORDERS:
-    raise ValueError(f'student {spec!r}: order must be one of {list(narrow.ORDERS)}, '
-                     f'got {fields["order"]!r}')
-  if 'order' in fields and not any(k in fields for k in ('heads', 'ffn', 'hidden')):
-    raise ValueError(f'student {spec!r}: order= chooses which heads / units / coordinates '
-                     'a narrowed student keeps; it needs heads=, ffn= or hidden=')
   return fields
 
 

@@ -9,12 +9,22 @@ teachers inside every step (`distill.TeacherSoftTargets`), which distillation of
 intermediates needs: TinyBERT's hidden-state MSE and attention KL, MiniLM's q/k/v
 relations (`distill_intermediate.py`), each a loss term with its weight. The task loss
 keeps weight 1 - alpha.
+
+General (task-agnostic) distillation is the same technique on a corpus
+(`config.corpus.source`): the teachers are read as encoders (a run of any task, or
+'hf:<checkpoint>', `teachers.encoder_teachers`), only the intermediate terms compare
+them with the student, and alpha keeps its meaning as the share taken from the
+objective's own loss: the masked-LM loss keeps weight 1 - alpha, and alpha = 1 drops it
+(distillation terms only; the MLM head is then neither computed nor trained). A weight
+rather than a new corpus objective, so the corpus pipeline, its masked batches and dev
+evaluation stay as they are (the teacher sees the same masked text: DistilBERT's set-up).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from research.train import saved_runs
+from research.train.build import uses_corpus
 from research.train import teachers as teachers_lib
 from research.train.step import TaskLoss
 from research.transforms import distill, distill_intermediate
@@ -59,18 +69,33 @@ class Distillation(Technique):
       raise ValueError(f'config.distill.{intermediate[0]} > 0 distils intermediates, which '
                        "needs the teachers in the step: set config.distill.mode='in_step'")
     teachers_lib.teacher_folders(config)  # 'hf:' with no name fails here
+    if uses_corpus(config):
+      if d.mode != 'in_step':
+        raise ValueError('config.distill on a corpus (general distillation) runs the teachers '
+                         "in the step: set config.distill.mode='in_step'")
+      if not intermediate:
+        raise ValueError('config.distill on a corpus distils intermediates only: set '
+                         f'{", ".join("config.distill." + n for n in INTERMEDIATE_WEIGHTS)} '
+                         '(at least one > 0)')
 
   def teachers(self, config, setup: Setup):
     if config.distill.mode != 'in_step':
       return (), ()
+    if uses_corpus(config):
+      return teachers_lib.encoder_teachers(config, setup.objective, setup.tokenizer,
+                                           setup.encoder)
     return teachers_lib.in_step_teachers(config, setup.spec, setup.objective, setup.tokenizer)
 
   def loss_terms(self, config, setup: Setup, terms, teacher_encoders=()):
     d = config.distill
     in_step = d.mode == 'in_step'
-    soft = (distill.TeacherSoftTargets if in_step else distill.SoftTargets)(
-        setup.objective, d.temperature, weight=d.alpha)
-    terms = [_reweighted(t, 1 - d.alpha) for t in terms] + [soft]
+    if uses_corpus(config):  # no outputs to soften: the objective's loss at 1 - alpha
+      terms = [_reweighted(t, 1 - d.alpha) for t in terms if d.alpha < 1 or
+               not isinstance(t, TaskLoss)]
+    else:
+      soft = (distill.TeacherSoftTargets if in_step else distill.SoftTargets)(
+          setup.objective, d.temperature, weight=d.alpha)
+      terms = [_reweighted(t, 1 - d.alpha) for t in terms] + [soft]
     extra = []
     if d.hidden_weight:
       extra.append(distill_intermediate.HiddenStateMSE(d.layer_map, d.hidden_weight))

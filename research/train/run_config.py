@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from research.train import source
+from research.train import source, student
 
 
 def check(config) -> None:
@@ -23,6 +23,11 @@ def check(config) -> None:
                      'exclude each other; set one')
   if config.scratch:
     source.scratch_fields(config.scratch)  # raises naming an unknown field
+  if config.student:
+    if config.scratch:
+      raise ValueError('config.student (cut from a model) and config.scratch (random params) '
+                       'exclude each other; set one')
+    student.parse(config.student)  # raises naming a bad key or order
   for name in ('batch_size', 'max_length', 'pad_multiple', 'log_every'):
     if config[name] <= 0:
       raise ValueError(f'config.{name} must be positive, got {config[name]}')

@@ -6,7 +6,9 @@
 `config.model` names a checkpoint (alias, folder or Hub id) whose encoder params are
 loaded; `config.init_from` a saved run whose own architecture is rebuilt and whose
 params (head included when it fits) are restored; `config.scratch` changes fields of
-`config.model`'s architecture and initialises everything at random. The run config's
+`config.model`'s architecture and initialises everything at random; `config.student`
+cuts a student from either source's encoder (its layers, a narrower width:
+`student.py`), whose params are then loaded like a checkpoint's. The run config's
 dtype and dropout apply either way, then each active technique's encoder rules (QAT's
 products, LoRA's projections).
 """
@@ -28,6 +30,7 @@ from research.checkpoints import load_pretrained, load_tokenizer, resolve
 from research.checkpoints.hf_load import check_tokenizer_fits, read_config
 from research.models.config import EncoderConfig
 from research.train import saved_runs, sharding, techniques
+from research.train import student as student_lib
 
 
 class Source(NamedTuple):
@@ -53,6 +56,12 @@ def load_source(config, on=()) -> Source:
     tokenizer = saved_runs.run_tokenizer(folder)
     check_tokenizer_fits(tokenizer, model.encoder.vocab_size, folder)
     source = Source(tokenizer, model.encoder.replace(**overrides), None)
+    if config.student:  # cut from the run's encoder, then loaded like a checkpoint's
+      params, _ = saved_runs.restore_params(folder, which)
+      encoder, params = student_lib.cut(config.student, source.encoder,
+                                        saved_runs.with_empty_arrays(params, model)['encoder'],
+                                        f'the run {folder}')
+      source = source._replace(encoder=encoder, encoder_params=params)
   elif config.scratch:
     encoder, _ = read_config(resolve(config.model),
                              **{**scratch_fields(config.scratch), **overrides})
@@ -61,6 +70,9 @@ def load_source(config, on=()) -> Source:
     source = Source(load_tokenizer(config.model), encoder, None)
   else:
     encoder, params = load_pretrained(config.model, **overrides)
+    if config.student:
+      encoder, params = student_lib.cut(config.student, encoder, params,
+                                        f'config.model={config.model!r}')
     source = Source(load_tokenizer(config.model), encoder, params)
   return source._replace(encoder=techniques.encoder(list(on), config, source.encoder))
 
@@ -96,7 +108,7 @@ def initial_params(config, model, source: Source, mesh, shardings, new: str | No
     made = jax.jit(fresh, out_shardings={k: flat_shardings[k] for k in
                                          jax.eval_shape(fresh, rng)})(rng)
   params = flax.traverse_util.unflatten_dict(made, sep='/')
-  if config.init_from:
+  if config.init_from and source.encoder_params is None:  # a student cut from it has them
     params, fresh_parts = saved_runs.init_params(config.init_from, model, params, new=new)
     if fresh_parts:
       logging.info('Not in %s (other task or labels), initialised fresh: %s',

@@ -17,6 +17,10 @@ alpha, does not run the teachers again.
 A teacher is a run folder, or `hf:<folder or Hub id>`, a fine-tuned Hugging Face
 classifier (`hf_heads.load_task_model`): its head must be the task's kind and its
 labels the task's (reordered by name), its tokenizer the student's.
+
+On a corpus (general distillation, `encoder_teachers`) only a teacher's encoder is
+read: a run folder of any task, or `hf:<name>`, any pre-trained checkpoint ('hf:minilm-l6',
+a folder, a Hub id); its tokenizer must still be the student's.
 """
 from __future__ import annotations
 
@@ -27,12 +31,15 @@ import os
 import time
 import zipfile
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from research import specs
-from research.checkpoints import hf_heads, load_tokenizer
+from research.checkpoints import hf_heads, load_pretrained, load_tokenizer
 from research.data import tasks
+from research.models.heads import TaskModel
 from research.train import saved_runs
 from research.transforms import distill
 
@@ -162,3 +169,56 @@ def in_step_teachers(config, spec: tasks.TaskSpec, objective, tokenizer
   runs = [load_teacher(folder, config.distill.checkpoint, spec, tokenizer)
           for folder in teacher_folders(config)]
   return tuple(r.model for r in runs), tuple(r.params for r in runs)
+
+
+def check_same_vocabulary(teacher: str, teacher_tokenizer, teacher_vocab: int,
+                          student: str, student_tokenizer, student_vocab: int) -> None:
+  """Raises ValueError naming both models unless their tokenizers and embedding tables
+  agree (distillation compares them token by token)."""
+  if teacher_vocab != student_vocab:
+    raise ValueError(f'Teacher {teacher} has a vocabulary of {teacher_vocab} tokens, the '
+                     f'student ({student}) {student_vocab}; they must share one tokenizer')
+  if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+    raise ValueError(f'Teacher {teacher} uses another tokenizer than the student '
+                     f'({student}), though both have {student_vocab} tokens; they must '
+                     'share one')
+
+
+def load_encoder_teacher(ref: str, which: str, dtype: str = 'float32'):
+  """(name, EncoderConfig, encoder params, tokenizer) of a run folder or 'hf:<name>'."""
+  if ref.startswith(HF_PREFIX):
+    name = ref[len(HF_PREFIX):]
+    encoder, params = load_pretrained(name, dtype=dtype)
+    return ref, encoder, params, load_tokenizer(name)
+  if not os.path.isdir(ref):
+    raise FileNotFoundError(f'config.distill.teachers: {ref} is not a run folder; name a '
+                            "pre-trained checkpoint as 'hf:<alias, folder or Hub id>' "
+                            "(e.g. 'hf:minilm-l6')")
+  run = saved_runs.load_run(ref, which)
+  return ref, run.model.encoder, run.params['encoder'], saved_runs.run_tokenizer(ref, run.config)
+
+
+def encoder_teachers(config, objective, tokenizer, student_encoder) -> tuple[tuple, tuple]:
+  """(models, params) of `config.distill.teachers` read as encoders, for the step.
+
+  Each model is a TaskModel of the teacher's encoder with the student's objective, so
+  the step runs it like the student; the head's params are zeros: its outputs are never
+  read (only intermediates are distilled) and the jitted step drops their computation.
+  """
+  student = config.init_from or f'config.model={config.model}'
+  models, params = [], []
+  for ref in teacher_folders(config):
+    name, encoder, encoder_params, teacher_tokenizer = load_encoder_teacher(
+        ref, config.distill.checkpoint, config.dtype)
+    check_same_vocabulary(name, teacher_tokenizer, encoder.vocab_size, student, tokenizer,
+                          student_encoder.vocab_size)
+    model = TaskModel(encoder, objective)
+    ids = np.zeros((1, 8), np.int32)
+    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), ids,
+                                                   np.ones_like(ids)))['params']
+    tree = {k: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                            flax.linen.meta.unbox(v))
+            for k, v in shapes.items() if k != 'encoder'}
+    models.append(model)
+    params.append({**tree, 'encoder': encoder_params})
+  return tuple(models), tuple(params)
