@@ -12,7 +12,8 @@ hits all alike. Per cell: sequences/s (the best round's median call), its ratio 
 default flags at the same precision, the largest deviation of its output from the
 default flags' output, and the work units XLA produced (fusion kinds and library calls,
 `xla_cpu.fusion_summary`). A flag set whose compiled program is identical to an earlier
-one's is not timed again (marked '='): the flag changed nothing for this model. Flag
+one's is not timed again (marked '='): the flag changed nothing for this model (codegen
+flags, which leave the HLO text alone, are always timed). Flag
 sets are first run on a tiny encoder in a child process, since some abort the process. A flag set that XLA rejects or that fails to
 compile is reported as such and skipped. Ends with one JSON line:
 {"cpu_flags": [...], "figures": {shape: {precision: {flag_set: seq/s}}},
@@ -69,7 +70,7 @@ def survives(name: str) -> str | None:
   return f'exit {run.returncode}: {lines[-1] if lines else "no output"}'
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--model', default='minilm-l6')
   p.add_argument('--data_dir', default=default_data_dir())
@@ -80,7 +81,7 @@ def main():
   p.add_argument('--repeats', type=int, default=3, help='timed calls per cell per round')
   p.add_argument('--calibration_sentences', type=int, default=512)
   p.add_argument('--probe', help=argparse.SUPPRESS)
-  args = p.parse_args()
+  args = p.parse_args(argv)
   if args.probe:
     probe(args.probe)
     return
@@ -125,11 +126,12 @@ def main():
           failed[f'{shape} {precision} {name}'] = str(e).splitlines()[0][:200]
           continue
         program = compiled.as_text()
-        twin = programs.get((precision, program))
+        twin = (None if xla_cpu.changes_codegen(xla_cpu.FLAG_SETS[name])
+                else programs.get((precision, program)))
         if twin:  # the flags changed nothing here: the same program, timed once
           same[(shape, precision, name)] = twin
           continue
-        programs[(precision, program)] = name
+        programs.setdefault((precision, program), name)
         reference = out if name == 'default' else reference
         # Every path must compute the same function: its largest deviation from the
         # default flags' output (real tokens only).

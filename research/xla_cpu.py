@@ -50,6 +50,15 @@ FLAG_SETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Flags that change LLVM's code generation, not the HLO: two programs compiled under them
+# print the same text and must each be timed.
+CODEGEN_FLAGS = ('xla_cpu_enable_fast_math', 'xla_cpu_prefer_vector_width', 'xla_cpu_max_isa')
+
+
+def changes_codegen(options: Mapping[str, Any]) -> bool:
+  return any(flag in options for flag in CODEGEN_FLAGS)
+
+
 def compile_with(lowered, options: Mapping[str, Any] | None = None):
   """`lowered.compile` under XLA `options`; an unknown flag or value names itself."""
   options = dict(options or {})
