@@ -29,3 +29,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     else:
       out[key] = type(defaults[key])(value)
   return out
+
+
+def corpus_smoke_run(config: ml_collections.ConfigDict, max_documents: int = 1
+                     ) -> ml_collections.ConfigDict:
+  """A corpus run shrunk to a smoke run (tests, notebooks): `max_documents` documents,
+  8 dev sequences, 64-token batches of 8, 6 steps."""
+  config.corpus.max_documents = max_documents
+  config.corpus.dev_sequences = 8
+  config.max_length = 64
+  config.pad_multiple = 64
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.total_steps = 6
+  config.log_every = 1
+  return config

@@ -75,12 +75,5 @@ def get_config(arg=None):
     config.total_steps = 300
     config.log_every = 25
   if args.runlocal:
-    config.corpus.max_documents = 1
-    config.corpus.dev_sequences = 8
-    config.max_length = 64
-    config.pad_multiple = 64
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.total_steps = 6
-    config.log_every = 1
+    common.corpus_smoke_run(config)
   return config

@@ -42,13 +42,7 @@ def get_config(arg=None):
     config.data_dir = common.default_data_dir('glue')
   if args.runlocal:
     # Gutenberg documents are whole books: one is plenty for a smoke run.
-    config.corpus.max_documents = 1 if args.corpus == 'gutenberg' and not args.task else 200
-    config.corpus.dev_sequences = 8
-    config.max_length = 64
-    config.pad_multiple = 64
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.total_steps = 6
+    common.corpus_smoke_run(
+        config, 1 if args.corpus == 'gutenberg' and not args.task else 200)
     config.eval_every = 3
-    config.log_every = 1
   return config
