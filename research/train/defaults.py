@@ -108,8 +108,8 @@ def trainer_defaults() -> ml_collections.ConfigDict:
   c.quant_attention = False
   c.quant_full = False
   # With quant_full: which groups are fake-quantized ('' = all: attention, embeddings,
-  # softmax, gelu, layernorm), each optionally at other bits or per token
-  # ('layernorm:16', 'embeddings:8:token'); for ablations and their remedies.
+  # softmax, gelu, layernorm per token: qat.DEFAULT_FULL_SITES), each optionally at other
+  # bits or per token ('layernorm:16', 'embeddings:8:token'); for ablations and remedies.
   c.quant_full_sites = ''
   # LoRA adapters (research/transforms/lora.py): rank 0 = off; the update is scaled by
   # alpha / rank; targets: a regex over projection sites ('encoder/layer_3/attention/query').

@@ -192,10 +192,17 @@ def test_fully_quantized_bert_reaches_every_hook_site_and_trains():
                  qat.full_quant_rules('w8,a8'))
   Encoder(CONFIG.replace(hooks=tagged)).apply({'params': params}, ids)
   counts = {pattern: seen.count(pattern) for pattern, _ in tagged}
+  groups = qat.FULL_QUANT_GROUPS
   assert counts[qat.EMBEDDING_TABLES] == 3  # word, position, token type
-  assert counts[r'.*/attention/softmax_out'] == CONFIG.num_layers
-  # Embedding output, then per layer softmax input, GELU in/out, 2 LayerNorms in/out.
-  assert counts[qat.FULL_QUANT_SITES] == 1 + 7 * CONFIG.num_layers
+  assert counts[r'(.*/)?attention/softmax_out'] == CONFIG.num_layers
+  assert counts[groups['embeddings']] == 1
+  assert counts[groups['softmax']] == CONFIG.num_layers
+  assert counts[groups['gelu']] == 2 * CONFIG.num_layers
+  assert counts[groups['layernorm']] == 4 * CONFIG.num_layers  # 2 norms, in and out
+  # LayerNorms per token by default (issue 29's ablation), the rest per tensor.
+  specs_by_pattern = dict(qat.full_quant_rules('w8,a8'))
+  assert specs_by_pattern[groups['layernorm']] == 'fake_quant:a8,token'
+  assert specs_by_pattern[groups['gelu']] == 'fake_quant:a8'
   full = CONFIG.replace(products=qat.qat_rules('w8,a8', attention=True),
                         hooks=qat.full_quant_rules('w8,a8'))
   float_out, _ = Encoder(CONFIG).apply({'params': params}, ids)
@@ -328,7 +335,7 @@ def test_fully_quantized_groups_can_be_taken_apart():
     assert len(seen) == count * CONFIG.num_layers, group
   assert qat.full_quant_rules('w8,a8', 'layernorm:16:token') == (
       (qat.FULL_QUANT_GROUPS['layernorm'], 'fake_quant:a16,token'),)
-  assert qat.parse_full_sites('') == {g: (None, False) for g in qat.FULL_QUANT_GROUPS}
+  assert qat.parse_full_sites('') == {g: (None, g == 'layernorm') for g in qat.FULL_QUANT_GROUPS}
   with pytest.raises(ValueError, match="unknown group 'norms'"):
     qat.parse_full_sites('norms')
   with pytest.raises(ValueError, match='options are'):
