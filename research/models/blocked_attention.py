@@ -14,8 +14,9 @@ groups of (batch, head) pairs), which keeps each block in cache: 58 ms at 8 x 51
 
 It applies on the CPU backend to inference-shaped attention: the encoder uses it only
 when no dropout acts on the probabilities, no hook or non-default product sits on the
-chain (QAT's fake quantization sees whole tensors), no probabilities are returned and
-no cache is written. Set RESEARCH_ATTENTION_BLOCKS=off to never use it, or to a number
+chain (QAT's fake quantization sees whole tensors), no probabilities are returned, no
+cache is written and the mask is padding only (a causal mask has a query axis, which
+the blocks would copy per head). Set RESEARCH_ATTENTION_BLOCKS=off to never use it, or to a number
 of MiB to use it above that many MiB of scores (default: the last-level cache's size,
 from /sys, or 32 MiB).
 """

@@ -135,7 +135,9 @@ class Attention(nn.Module):
       # A pruned layer uses the first `n` of the cache's (max over layers) head slots.
       k, v = keys[layer, :, :n].astype(dtype), values[layer, :, :n].astype(dtype)
     site = projections.site_of(self, '')
-    if (cache is None and not output_attentions
+    # A padding-only bias ([b, 1, 1, k]; not a causal one, which has a query axis and
+    # would be copied per head) keeps the blocks as small as the scores they guard.
+    if (cache is None and not output_attentions and bias.shape[2] == 1
         and (deterministic or cfg.attention_dropout == 0)
         and self._plain_chain(site) and blocked_attention.use_blocks(q.shape, k.shape)):
       # Long sequences on CPU: the same chain a cache-sized block of heads at a time.

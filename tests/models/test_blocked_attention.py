@@ -81,6 +81,7 @@ def test_not_used_where_it_would_change_the_model(inputs, monkeypatch):
   _, inter = _forward(CONFIG, params, ids, mask, output_attentions=True)
   assert inter['attentions'][0].shape == (3, 4, 40, 40)
   assert not _uses_blocks(CONFIG, params, ids, mask, output_attentions=True)
+  assert not _uses_blocks(CONFIG.replace(causal=True), params, ids, mask)
   assert not _uses_blocks(CONFIG, params, ids, mask, deterministic=False,
                           rngs={'dropout': jax.random.PRNGKey(0)})
   assert _uses_blocks(CONFIG.replace(attention_dropout=0.0), params, ids, mask,
