@@ -19,8 +19,6 @@ import collections
 import re
 from typing import Any, Mapping
 
-import jax
-
 # Every flag set the paths benchmark measures (the DebugOptions field names; enum values
 # by their proto names, which is what per-compilation options take).
 FLAG_SETS: dict[str, dict[str, Any]] = {
@@ -94,7 +92,3 @@ def fusion_summary(hlo_text: str) -> dict[str, int]:
     if count:
       counts[f'unfused {op}'] = count
   return dict(sorted(counts.items()))
-
-
-def backend_is_cpu() -> bool:
-  return jax.default_backend() == 'cpu'

@@ -204,12 +204,12 @@ def _gate_sites(config: EncoderConfig) -> tuple[tuple[tuple[str, ...], int], ...
   """(encoder param path, its hidden axis) of every parameter that scales coordinate c
   of a stream output: the embeddings' output and every LayerNorm's."""
   factorised = config.embed_size != config.hidden_size
-  if factorised and not config.embedding_project_first:
+  # The module that writes the embeddings' output: the projection when it comes last
+  # (or there is no norm after it), else the LayerNorm, else the tables themselves.
+  if factorised and (not config.embedding_project_first or not config.embedding_norm):
     sites = [(('embeddings', 'projection', 'kernel'), 1), (('embeddings', 'projection', 'bias'), 0)]
   elif config.embedding_norm:
     sites = [(('embeddings', 'layer_norm', leaf), 0) for leaf in ('scale', 'bias')]
-  elif factorised:
-    sites = [(('embeddings', 'projection', 'kernel'), 1), (('embeddings', 'projection', 'bias'), 0)]
   else:  # no embedding norm: the output is the tables' sum
     tables = ['word_embeddings', 'position_embeddings'] + (
         ['token_type_embeddings'] if config.type_vocab_size else [])
