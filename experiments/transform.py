@@ -27,7 +27,8 @@ The new run folder holds its own architecture (model.json: the factorized projec
 or the sharing maps), the transformed params, the source's config and tokenizer, so
 evaluation, export and `init_from` work on it as on any run. Prints the parameter
 counts before and after (and, for low rank, each site's rank and kept energy). The
-transforms are `research/runs/transform.py` (`TRANSFORMS`); each reads only its own flags.
+transforms are `research/runs/transform.py` (`TRANSFORMS`); each reads only its own flags
+(`integer_only` reads none: the I-BERT integer twin of a fully quantized run).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ NORM_POSITIONS = ('post', 'pre')
 MODEL_TYPES = ('bert', 'roberta', 'distilbert', 'albert', 'gpt2')
 DTYPES = ('float32', 'bfloat16', 'float16')
 # Fields holding ((site_regex, spec), ...) rule lists (`rules.py`).
-RULE_FIELDS = ('projections', 'products', 'hooks')
+RULE_FIELDS = ('projections', 'products', 'hooks', 'nonlinear')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,9 @@ class EncoderConfig:
     hooks: rules ((site_regex, hook), ...) acting on named activations between
       products (softmax, GELU, LayerNorm in/out, embedding output; `hooks.py`);
       unmatched sites are 'identity'.
+    nonlinear: rules ((site_regex, family), ...) choosing the arithmetic of each
+      softmax, FFN activation and LayerNorm (`nonlinear.py`; e.g. I-BERT's integer
+      kernels); unmatched sites are 'default' (float32).
     use_pooler: whether a pooler (tanh dense on the first token) exists.
     tie_word_embeddings: output logits (`Encoder.attend`: masked LM, causal LM) use the
       word-embedding table; False gives the model its own output table 'lm_head'
@@ -104,6 +107,7 @@ class EncoderConfig:
   projections: tuple[tuple[str, str], ...] = ()
   products: tuple[tuple[str, str], ...] = ()
   hooks: tuple[tuple[str, str], ...] = ()
+  nonlinear: tuple[tuple[str, str], ...] = ()
   use_pooler: bool = True
   tie_word_embeddings: bool = True
   pad_token_id: int = 0

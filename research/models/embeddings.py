@@ -59,7 +59,7 @@ class Embeddings(nn.Module):
     if cfg.type_vocab_size:
       self.token_type_embeddings = table(cfg.type_vocab_size)
     if cfg.embedding_norm:
-      self.layer_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype)
+      self.layer_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, rules=cfg.nonlinear)
     self.dropout = Dropout(cfg.hidden_dropout)
     if cfg.embed_size != cfg.hidden_size:
       self.projection = projection(self, cfg, 'projection', 'bse,eh->bsh',

@@ -33,11 +33,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import blocked_attention, hooks, projections, products
+from research.models import blocked_attention, hooks, nonlinear, projections, products
 from research.models.config import EncoderConfig
 from research.models.dropout import Dropout
 from research.models.embeddings import Embed, Embeddings
-from research.models.layers import LayerNorm, activation, hook, logical_param, projection
+from research.models.layers import LayerNorm, hook, logical_param, projection
 
 Array = jax.Array
 
@@ -90,12 +90,14 @@ class Attention(nn.Module):
             and len({products.spec_at(cfg.products, s) for s in sites}) == 1)
 
   def _plain_chain(self, site: str) -> bool:
-    """No hook or non-default product acts between the projections and the context."""
+    """No hook, non-default product or other softmax acts between the projections and
+    the context."""
     cfg = self.config
     return (all(products.spec_at(cfg.products, site + p) == 'default'
                 for p in ('scores', 'context'))
             and all(hooks.spec_at(cfg.hooks, site + h) == 'identity'
-                    for h in ('softmax_in', 'softmax_out')))
+                    for h in ('softmax_in', 'softmax_out'))
+            and nonlinear.spec_at(cfg.nonlinear, site + 'softmax') == 'default')
 
   @nn.compact
   def __call__(self, x, bias, deterministic, output_attentions, output_qkv=False,
@@ -146,8 +148,9 @@ class Attention(nn.Module):
     # Scores, scale, mask and softmax in float32: bf16 exponentials lose too much.
     scores = products.product_at(cfg.products, site + 'scores')(
         'bhqd,bhkd->bhqk', q, k, out_dtype=jnp.float32)
-    scores = hook(self, 'softmax_in', scores * jnp.float32(d ** -0.5)) + bias
-    probs = hook(self, 'softmax_out', jax.nn.softmax(scores, axis=-1)).astype(dtype)
+    scores = hook(self, 'softmax_in', scores * jnp.float32(d ** -0.5))
+    softmax = nonlinear.at(cfg.nonlinear, site + 'softmax').softmax
+    probs = hook(self, 'softmax_out', softmax(scores, bias)).astype(dtype)
     probs_out = probs if output_attentions else None
     probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     # Context stays [batch, heads, q, d]: asking the batched matmul for [b, q, h, d]
@@ -172,7 +175,8 @@ class Mlp(nn.Module):
     # Bias and activation in float32 (one cast per matmul input); output float32 too.
     h = projection(self, cfg, 'intermediate', 'bsi,io->bso', (cfg.hidden_size, self.width),
                    ('embed', 'mlp'), out_dtype=jnp.float32)(x)
-    h = hook(self, 'gelu_out', activation(cfg.hidden_act)(hook(self, 'gelu_in', h)))
+    family = nonlinear.at(cfg.nonlinear, projections.site_of(self, 'activation'))
+    h = hook(self, 'gelu_out', family.activation(cfg.hidden_act, hook(self, 'gelu_in', h)))
     h = h.astype(cfg.compute_dtype)
     return projection(self, cfg, 'output', 'bsi,io->bso', (self.width, cfg.hidden_size),
                       ('mlp', 'embed'), out_dtype=jnp.float32)(h)
@@ -194,9 +198,9 @@ class Layer(nn.Module):
   def setup(self):
     cfg = self.config
     self.attention = Attention(cfg, self.num_heads)
-    self.attention_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+    self.attention_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
     self.mlp = Mlp(cfg, self.ffn_width)
-    self.output_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+    self.output_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
     self.dropout = Dropout(cfg.hidden_dropout)
 
   def _residual(self, x, block, norm_name, deterministic):
@@ -242,7 +246,7 @@ class Encoder(nn.Module):
     self.layer = [Layer(cfg, heads.get(j, 0), widths.get(j, 0))
                   for j in range(cfg.parameter_sets)]
     if cfg.norm_position == 'pre':
-      self.final_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype)
+      self.final_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
     if cfg.use_pooler:
       self.pooler = projection(self, cfg, 'pooler', 'bi,io->bo',
                                (cfg.hidden_size, cfg.hidden_size), ('embed', 'embed_out'))

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import hooks, projections
+from research.models import hooks, nonlinear, projections
 from research.models.projections import logical_param  # pylint: disable=unused-import
 from research.models.config import EncoderConfig
 
@@ -21,17 +21,8 @@ Array = jax.Array
 
 
 def activation(name: str):
-  """The activation function called `name` (see config.ACTIVATIONS)."""
-  if name == 'gelu':
-    # Exact GELU written with erf (jax.nn.gelu uses an erfc form). On XLA:CPU the two
-    # timed within noise of each other (benchmarks/encoder_layer_ops_cpu.py), while the
-    # erfc form's HLO computed the bias add twice. Results agree to float32 rounding.
-    return lambda x: x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
-  if name == 'gelu_tanh':
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  if name == 'relu':
-    return jax.nn.relu
-  raise ValueError(f'Unknown activation {name!r}')
+  """The float activation function called `name` (see config.ACTIVATIONS)."""
+  return nonlinear.activation(name)
 
 
 def projection(parent: nn.Module, cfg: EncoderConfig, name: str, spec: str,
@@ -51,10 +42,12 @@ def hook(parent: nn.Module, name: str, x: Array) -> Array:
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm computed in float32 (bf16 statistics lose parity), cast back."""
+  """LayerNorm computed in float32 (bf16 statistics lose parity), cast back; `rules`
+  (`EncoderConfig.nonlinear`) may pick other arithmetic for this module's site."""
   eps: float
   param_dtype: Any = jnp.float32
   dtype: Any = None  # output dtype; None = the input's
+  rules: tuple[tuple[str, str], ...] = ()
 
   @nn.compact
   def __call__(self, x):
@@ -63,8 +56,5 @@ class LayerNorm(nn.Module):
                    self.param_dtype)
     bias = logical_param(self, 'bias', (features,), ('embed',), nn.initializers.zeros,
                   self.param_dtype)
-    y = x.astype(jnp.float32)
-    mean = y.mean(-1, keepdims=True)
-    var = jnp.square(y - mean).mean(-1, keepdims=True)
-    y = (y - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * scale + bias).astype(self.dtype or x.dtype)
+    family = nonlinear.at(self.rules, '/'.join(str(p) for p in self.scope.path))
+    return family.layer_norm(x, scale, bias, self.eps).astype(self.dtype or x.dtype)

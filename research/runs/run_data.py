@@ -68,17 +68,25 @@ class RunData:
                          pad_multiple=c.pad_multiple, num_epochs=1,
                          pad_id=self.tokenizer.pad_token_id or 0)
 
-  def evaluate(self, model, params, examples=None, features=None) -> dict[str, float]:
-    """Every metric of `model` with `params` on the dev split (or the given one); one
+  def outputs(self, model, params, features=None) -> list:
+    """Per-feature predictions of `model` with `params` (the objective's
+    `predict_batch` outputs, numpy) on the dev split or `features`, in order; one
     compiled predictor per architecture."""
-    if examples is None:
-      examples, features = self.dev
+    if features is None:
+      features = self.dev[1]
     if model not in self._predict:
       self._predict[model] = evaluation.predict_fn(model)
     c = self.config
-    return evaluation.evaluate(model, params, self.run.spec, examples, features,
-                               batch_size=c.eval_batch_size, max_length=c.max_length,
-                               pad_multiple=c.pad_multiple, predict=self._predict[model])
+    predict = self._predict[model]
+    return evaluation.gather_predictions(lambda b: predict(params, b), features,
+                                         c.eval_batch_size, c.max_length, c.pad_multiple)
+
+  def evaluate(self, model, params, examples=None, features=None) -> dict[str, float]:
+    """Every metric of `model` with `params` on the dev split (or the given one)."""
+    if examples is None:
+      examples, features = self.dev
+    outputs = self.outputs(model, params, features)
+    return model.objective.score(self.run.spec, examples, features, outputs)
 
   def score(self, model, params) -> float:
     """The task's main dev metric."""

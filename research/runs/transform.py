@@ -3,6 +3,7 @@
     summary = transform_run('runs/sst2:best', 'runs/sst2_r64', 'low_rank', rank=64)
     summary = transform_run('runs/sst2', 'runs/sst2_int8', 'ptq', calibration='mse')
     summary = transform_run('runs/student', 'runs/narrow', 'truncate_width', num_heads=6)
+    summary = transform_run('runs/fq', 'runs/fq_integer', 'integer_only')   # I-BERT
 
 `TRANSFORMS` maps a name to a small function `(run data, **its options) -> (encoder
 config, params, details)`; `transform_run` reads the run, applies one, writes the result
@@ -20,7 +21,7 @@ from typing import Any, Callable
 from research import specs
 from research.models.sizes import count_params
 from research.runs import run_data
-from research.transforms import low_rank, narrow, quantize, share, student_init
+from research.transforms import integer_only, low_rank, narrow, quantize, share, student_init
 
 Result = tuple[Any, Any, Any]  # (encoder config, params, details)
 
@@ -59,6 +60,15 @@ def ptq_run(data: run_data.RunData, *, calibration: str = 'max',
                                 int(bits))
   return config, params, {'calibration': calibration, 'examples': len(features),
                           'sites': len(stats), 'bits': int(bits)}
+
+
+def integer_only_run(data: run_data.RunData) -> Result:
+  """The integer-only twin of a fully quantized run: the same parameters, every
+  product and softmax / GELU / LayerNorm on integers (I-BERT; `integer_only.py`)."""
+  config = integer_only.integer_only(data.run.model.encoder)
+  nonlinear = sorted({spec for _, spec in config.nonlinear})
+  return config, data.run.params, {'products': [s for _, s in config.products],
+                                   'nonlinear': nonlinear}
 
 
 def select_layers_run(data: run_data.RunData, *, layers: str = '') -> Result:
@@ -107,6 +117,7 @@ TRANSFORMS: dict[str, Callable[..., Result]] = {
     'embeddings': embeddings_run,
     'share': share_run,
     'ptq': ptq_run,
+    'integer_only': integer_only_run,
     'select_layers': select_layers_run,
     'truncate_width': truncate_width_run,
 }
