@@ -73,6 +73,7 @@ def get_config(arg=None):
     config.batch_size = 16
     config.eval_batch_size = 32
     config.total_steps = 300
+    config.eval_every = 100  # best/ = the lowest dev distillation loss of three
     config.log_every = 25
   if args.runlocal:
     common.corpus_smoke_run(config)

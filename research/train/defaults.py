@@ -182,10 +182,10 @@ def general_distillation_defaults(teacher: str = 'minilm-l6', source: str = 'gut
   c.distill.layer_map = 'uniform'
   c.distill.relation_layer_map = 'last:1'
   c.optimizer.learning_rate = 2e-4
-  # The dev score is masked-LM accuracy, which an untrained head makes meaningless: one
-  # evaluation at the end, so best/ (what init_from reads) is the final student (a
-  # reference: --config.total_steps=N moves it along).
-  c.eval_every = c.get_ref('total_steps')
+  # Evaluation reports the distillation terms' loss on the dev sequences and best/ (what
+  # init_from reads) is the student of the lowest one (the masked-LM accuracy of an
+  # untrained head says nothing; trainer / distillation.selects_on_dev_loss).
+  c.eval_every = 500
   c.checkpoint_every = 500
   return c
 

@@ -18,6 +18,8 @@ objective's own loss: the masked-LM loss keeps weight 1 - alpha, and alpha = 1 d
 (distillation terms only; the MLM head is then neither computed nor trained). A weight
 rather than a new corpus objective, so the corpus pipeline, its masked batches and dev
 evaluation stay as they are (the teacher sees the same masked text: DistilBERT's set-up).
+Its evaluation also reports the terms' loss on the dev sequences ('dev_loss'), and with
+alpha = 1 the best checkpoint is the one of the lowest dev loss (`selects_on_dev_loss`).
 """
 from __future__ import annotations
 
@@ -116,6 +118,18 @@ class Distillation(Technique):
     targets = teachers_lib.soft_targets(config, setup.spec, setup.objective, setup.tokenizer,
                                         setup.train_features, setup.workdir)
     return lambda index: {'teacher': targets[np.maximum(index, 0)]}
+
+
+def reports_dev_loss(config) -> bool:
+  """Distillation on a corpus (general distillation): evaluation also reports the loss
+  terms on the dev sequences ('dev_loss', and 'dev_loss/<term>')."""
+  return TECHNIQUE.active(config) and uses_corpus(config)
+
+
+def selects_on_dev_loss(config) -> bool:
+  """With distillation terms only (alpha = 1) the masked-LM head is not trained, so its
+  dev accuracy says nothing: the best checkpoint is the one of the lowest dev loss."""
+  return reports_dev_loss(config) and config.distill.alpha == 1
 
 
 def _reweighted(term, weight: float):

@@ -7,16 +7,21 @@ Batches come from `research.evaluate.gather`: a non-shuffled, length-sorted
 `BatchIterator` whose last batch is padded with weight-0 rows; predictions are
 gathered per feature by the batch's 'index' field, so no example is dropped or counted
 twice. The model's objective turns outputs into predictions and scores them with the
-task's official metrics (in percent).
+task's official metrics (in percent). `term_losses` averages loss terms (e.g.
+distillation's) over the same batches: the dev metric of a run whose only terms are
+distillation terms.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
 from research.data import tasks
+from research.data.batching import BatchIterator
 from research.evaluate import gather
+from research.train import step as step_lib
 
 
 def gather_predictions(predict: Callable[[dict], Any], features: Sequence[dict],
@@ -56,3 +61,37 @@ def evaluate(model, params, spec: tasks.TaskSpec, examples: Sequence[dict],
   outputs = gather_predictions(lambda b: predict(params, b), features, batch_size,
                                max_length, pad_multiple, put=put)
   return model.objective.score(spec, examples, features, outputs)
+
+
+def term_losses(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
+                ) -> Callable[..., dict[str, float]]:
+  """`losses(params, features, *, teacher_params=(), aux=None, batch_size, max_length,
+  pad_multiple, put) -> {term name: mean, 'loss': weighted sum}`.
+
+  Every term runs without dropout over every feature once (the batches of `evaluate`);
+  each term's per-batch value is weighted by its units in the batch (`term.count`: real
+  rows, tokens), so the mean is over units, not batches.
+  """
+  loss_fn = step_lib.make_loss_fn(model, terms, teachers, train=False)
+
+  @jax.jit
+  def batch_terms(params, batch, teacher_params, aux):
+    _, metrics = loss_fn(params, batch, None, teacher_params, aux=aux)
+    return {t.name: (metrics[t.name], t.count(batch)) for t in terms}
+
+  def losses(params, features, *, teacher_params=(), aux=None, batch_size: int,
+             max_length: int, pad_multiple: int, put=lambda b: b) -> dict[str, float]:
+    # The batches of `evaluate` (one length-sorted bucket; the last padded with rows of
+    # weight 0, which no term counts).
+    iterator = BatchIterator(features, batch_size, max_length=max_length,
+                             pad_multiple=pad_multiple, shuffle=False, num_epochs=1,
+                             bucket_batches=-(-len(features) // batch_size))
+    sums = {t.name: np.zeros(2) for t in terms}
+    for batch in iterator:
+      batch = put({k: v for k, v in batch.items() if k not in ('index', 'idx')})
+      for name, (value, count) in batch_terms(params, batch, teacher_params, aux).items():
+        sums[name] += (float(value) * float(count), float(count))
+    means = {name: total / max(count, 1e-9) for name, (total, count) in sums.items()}
+    means['loss'] = sum(t.weight * means[t.name] for t in terms)
+    return means
+  return losses

@@ -118,13 +118,14 @@ def init_aux(terms: Sequence[Any], rng: jax.Array, student_config: Any,
   return aux
 
 
-def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
-                 ) -> Callable[..., tuple[jax.Array, dict]]:
+def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = (), *,
+                 train: bool = True) -> Callable[..., tuple[jax.Array, dict]]:
   """`loss(params, batch, rng, teacher_params, shares=None, aux=None) -> (total, metrics)`.
 
   `shares` (one scalar per term) weighs each term's value; None means 1 (a whole
   batch). The teachers run without dropout, behind `stop_gradient`. `aux` holds the
   params of terms that own some ({term name: params}, see the module docstring).
+  `train=False`: the student without dropout too (dev losses; `rng` is unused).
   """
   if not terms:
     raise ValueError('the train step needs at least one loss term')
@@ -138,7 +139,7 @@ def make_loss_fn(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
     if len(teacher_params) != len(teachers):
       raise ValueError(f'the step has {len(teachers)} teacher model(s) but got '
                        f'{len(teacher_params)} teacher param tree(s)')
-    student = forward(model, params, batch, train=True, rng=rng, needs=student_needs)
+    student = forward(model, params, batch, train=train, rng=rng, needs=student_needs)
     teacher_out = tuple(
         jax.lax.stop_gradient(forward(t, jax.lax.stop_gradient(p), batch, needs=teacher_needs))
         for t, p in zip(teachers, teacher_params))

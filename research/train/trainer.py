@@ -38,7 +38,7 @@ import numpy as np
 from research import distributed
 from research.data import tasks
 from research.data.batching import BatchIterator
-from research.train import defaults, evaluation, run_config, saved_runs, sharding
+from research.train import defaults, distillation, evaluation, run_config, saved_runs, sharding
 from research.train import source as source_lib
 from research.train import techniques, train_state
 from research.train.build import build_model, load_corpus, load_split, uses_corpus
@@ -179,7 +179,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     best = data_state['best']
     logging.info('Resumed from step %d in %s', int(state['step']), workdir)
 
-  loop = _Loop(config, workdir, data, model, mesh, ckpt, eval_params, total_steps)
+  # Distillation on a corpus: the dev metric the terms' loss on the dev sequences (with
+  # the objective's own loss dropped, alpha = 1, the only meaningful one: best = lowest).
+  dev_losses = (evaluation.term_losses(model, terms, teacher_models)
+                if distillation.reports_dev_loss(config) else None)
+  loop = _Loop(config, workdir, data, model, mesh, ckpt, eval_params, total_steps,
+               dev_losses, distillation.selects_on_dev_loss(config))
   try:
     state, best, last_eval = loop.run(state, step, teacher_params, batch_fields, best)
   finally:
@@ -194,25 +199,43 @@ class _Loop:
   """Steps, logging, evaluation and checkpoints of one run."""
 
   def __init__(self, config, workdir, data: _Data, model, mesh, ckpt, eval_params,
-               total_steps: int):
+               total_steps: int, dev_losses=None, select_on_loss: bool = False):
     self.config, self.workdir, self.data, self.mesh = config, workdir, data, mesh
     self.ckpt, self.eval_params, self.total_steps = ckpt, eval_params, total_steps
     self.model = model
+    self.dev_losses, self.select_on_loss = dev_losses, select_on_loss
+    self.teacher_params = ()
     self.predict = evaluation.predict_fn(model)
     self.eval_every = config.eval_every or len(data.train_iter)
     self.checkpoint_every = config.checkpoint_every or self.eval_every
 
   def evaluate(self, state) -> dict[str, float]:
     c = self.config
+    put = lambda b: sharding.put_global_batch(b, self.mesh)
     with self.mesh:
-      return evaluation.evaluate(
+      metrics = evaluation.evaluate(
           self.model, self.eval_params(state), self.data.spec, self.data.eval_examples,
           self.data.eval_features, batch_size=c.eval_batch_size, max_length=c.max_length,
-          pad_multiple=c.pad_multiple, predict=self.predict,
-          put=lambda b: sharding.put_global_batch(b, self.mesh))
+          pad_multiple=c.pad_multiple, predict=self.predict, put=put)
+      if self.dev_losses is not None:
+        losses = self.dev_losses(
+            self.eval_params(state), self.data.eval_features,
+            teacher_params=self.teacher_params, aux=state.get('aux'),
+            batch_size=c.eval_batch_size, max_length=c.max_length,
+            pad_multiple=c.pad_multiple, put=put)
+        metrics['dev_loss'] = losses.pop('loss')
+        metrics.update({f'dev_loss/{name}': value for name, value in losses.items()})
+    return metrics
+
+  def selection_score(self, metrics: dict[str, float]) -> float:
+    """What the best checkpoint maximises: the main metric, or minus the dev loss."""
+    if self.select_on_loss:
+      return -metrics['dev_loss']
+    return metrics[self.data.spec.main_metric]
 
   def run(self, state, step, teacher_params, batch_fields, best):
     c, data, ckpt = self.config, self.data, self.ckpt
+    self.teacher_params = teacher_params
     writer = MetricWriter(self.workdir)
     start = int(state['step'])
     progress = _Progress(start, self.total_steps)
@@ -246,7 +269,7 @@ class _Loop:
           writer.write(i, 'eval', last_eval)
           progress.message(f'step {i}: ' + ', '.join(f'{k} {v:.2f}'
                                                      for k, v in last_eval.items()))
-          score = last_eval[data.spec.main_metric]
+          score = self.selection_score(last_eval)
           if score > best['score']:
             best = {'score': score, 'step': i}
             ckpt.save_best(i, self.eval_params(state), score, {'metrics': last_eval, 'step': i})

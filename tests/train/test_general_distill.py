@@ -41,7 +41,7 @@ def gd_config(teacher_ref, corpus, spec='layers=1,3 hidden=16 heads=2 order=lead
   c.corpus.dev_sequences, c.corpus.max_documents = 8, 0
   c.max_length, c.pad_multiple = 32, 32  # one padded length: one compilation
   c.batch_size, c.eval_batch_size = 8, 8
-  c.total_steps, c.log_every, c.checkpoint_every = 30, 1, 30
+  c.total_steps, c.log_every, c.checkpoint_every, c.eval_every = 30, 1, 30, 10
   c.optimizer.learning_rate, c.optimizer.warmup_ratio = 3e-3, 0.0
   return c
 
@@ -65,7 +65,15 @@ def test_general_distillation_lowers_its_loss(distilled):
   # The student is the cut one (2 layers, 16 wide, 2 heads), and best/ is the last step.
   encoder = result['model'].encoder
   assert (encoder.num_layers, encoder.hidden_size, encoder.num_heads) == (2, 16, 2)
-  assert result['best']['step'] == 30
+  # Evaluation reports the terms' loss on the dev sequences; it falls, and best/ is the
+  # step of the lowest (the untrained masked-LM head's accuracy says nothing).
+  evals = read_metrics(workdir, 'eval')
+  assert [r['step'] for r in evals] == [10, 20, 30]
+  assert {'dev_loss', 'dev_loss/hidden_loss', 'dev_loss/relation_loss'} <= set(evals[0])
+  assert evals[-1]['dev_loss'] < evals[0]['dev_loss']
+  lowest = min(evals, key=lambda r: r['dev_loss'])
+  assert result['best'] == {'score': pytest.approx(-lowest['dev_loss']),
+                            'step': lowest['step']}
 
 
 def test_the_student_seeds_a_task_fine_tune(distilled, synthetic_root, tmp_path):
@@ -149,6 +157,7 @@ def test_the_config_variants():
   c = defaults.complete(general_distill.get_config('layers=1+3+5,heads=6,hidden=192,runlocal'))
   assert c.student == 'layers=1,3,5 heads=6 hidden=192 order=leading'
   assert c.distill.teachers == 'hf:minilm-l6' and c.distill.alpha == 1.0
-  assert c.eval_every == c.total_steps == 6
+  assert c.total_steps == 6 and c.eval_every == 500  # evaluated at the end
+  assert general_distill.get_config('layers=1,cpu_budget').eval_every == 100
   c = general_distill.get_config('layers=1+3,random')
   assert (c.scratch, c.student) == ('num_layers=2', '')
