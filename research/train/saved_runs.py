@@ -385,9 +385,12 @@ def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
   """
   objective = run.objective
 
+  # The params are an argument, not constants of the trace: XLA would otherwise fold
+  # what depends on them alone (a fake-quantized kernel's grid) at compile time, seconds
+  # per layer, and with the host's arithmetic rather than the program's.
   @jax.jit
-  def forward(batch):
-    outputs = run.model.apply({'params': run.params}, batch['input_ids'],
+  def forward(params, batch):
+    outputs = run.model.apply({'params': params}, batch['input_ids'],
                               batch['attention_mask'], batch.get('token_type_ids'),
                               deterministic=True)[0]
     if objective.supports_ensemble:
@@ -395,6 +398,7 @@ def run_outputs(run: SavedRun, features: list, batch_size: int | None = None,
     return objective.predict(outputs)
 
   out = evaluation.gather_predictions(
-      forward, features, batch_size or run.config.eval_batch_size,
+      lambda batch: forward(run.params, batch), features,
+      batch_size or run.config.eval_batch_size,
       max_length or run.config.max_length, pad_multiple or run.config.pad_multiple)
   return np.stack(out) if objective.supports_ensemble else out
