@@ -36,13 +36,14 @@ PROB_BITS = 15  # softmax probabilities are int32 in units of 2**-15
 _GAMMA_BITS = 14  # LayerNorm gamma: |q_gamma| < 2**14, so |y * q_gamma| < 2**29
 
 
-def grid(x: Array, bits: int, per_token: bool = False) -> tuple[Array, Array]:
+def grid(x: Array, bits: int, per_token: bool = False, axes=None) -> tuple[Array, Array]:
   """(q int32, scale) of the symmetric `bits`-bit grid `qat.fake_quant` uses: scale =
-  max|x| / (2^(bits-1) - 1) over the tensor (or the last axis), q = round(x / scale).
-  On a tensor the twin already fake-quantized with the same rule, q is recovered
-  exactly (the maxima agree)."""
+  max|x| / (2^(bits-1) - 1) over the tensor (the last axis with `per_token`, or the
+  given `axes`), q = round(x / scale). On a tensor the twin already fake-quantized with
+  the same rule, q is recovered exactly (the maxima agree)."""
   xf = x.astype(jnp.float32)
-  axes = (-1,) if per_token else tuple(range(x.ndim))
+  if axes is None:
+    axes = (-1,) if per_token else tuple(range(x.ndim))
   scale = jnp.max(jnp.abs(xf), axis=axes, keepdims=True) / (2.0 ** (bits - 1) - 1)
   scale = jnp.where(scale > 0, scale, 1.0)
   return jnp.round(xf / scale).astype(jnp.int32), scale

@@ -45,13 +45,10 @@ EMBEDDING_NORM_GRID = 'a16,token'
 # -- Integer products ------------------------------------------------------------------
 
 def _quantize(x: Array, bits: int, axes) -> tuple[Array, Array]:
-  """int8 values and keepdims scales of `qat.fake_quant`'s symmetric grid."""
-  xf = x.astype(jnp.float32)
-  axes = tuple(range(x.ndim)) if axes is None else tuple(axes)
-  top = 2.0 ** (bits - 1) - 1
-  scale = jnp.max(jnp.abs(xf), axis=axes, keepdims=True) / top
-  scale = jnp.where(scale > 0, scale, 1.0)
-  return jnp.clip(jnp.round(xf / scale), -top, top).astype(jnp.int8), scale
+  """int8 values and keepdims scales of `qat.fake_quant`'s symmetric grid (scales over
+  `axes`; None = the whole tensor)."""
+  q, scale = ik.grid(x, bits, axes=None if axes is None else tuple(axes))
+  return q.astype(jnp.int8), scale
 
 
 def _to_output(scale: Array, term: str, out: str) -> Array:
