@@ -75,20 +75,30 @@ def _spec(text: str, weights: bool) -> QuantSpec:
   return spec
 
 
+def _rescaled(einsum: str, left, right, bias, out_dtype):
+  """The int32 product of two (int8 values, keepdims scales) grids, rescaled to float,
+  plus the bias, in `out_dtype`."""
+  a, b, out = mixed_matmul.parse_einsum(einsum)
+  (qa, sa), (qb, sb) = left, right
+  y = mixed_matmul.einsum(einsum, qa, qb).astype(jnp.float32)
+  y = y * _to_output(sa, a, out) * _to_output(sb, b, out)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y.astype(out_dtype)
+
+
 def projection_product(text: str) -> products.Product:
-  """int8 x int8 -> int32 on the grids of `qat.projection_product(text)`."""
+  """int8 x int8 -> int32 on the grids of `qat.projection_product(text)`: activations
+  per tensor (or token), the kernel per output channel."""
   spec = _spec(text, weights=True)
 
   def product(einsum, lhs, rhs, *, bias=None, out_dtype=None):
     x_term, k_term, out = mixed_matmul.parse_einsum(einsum)
     axes = _contracted(x_term, k_term, out) if spec.per_token else None
-    qx, sx = _quantize(lhs, spec.activation_bits, axes)
-    qk, sk = _quantize(rhs, spec.weight_bits, _contracted(k_term, x_term, out))
-    y = mixed_matmul.einsum(einsum, qx, qk).astype(jnp.float32)
-    y = y * _to_output(sx, x_term, out) * _to_output(sk, k_term, out)
-    if bias is not None:
-      y = y + bias.astype(jnp.float32)
-    return y.astype(out_dtype or lhs.dtype)
+    kernel_axes = _contracted(k_term, x_term, out)
+    return _rescaled(einsum, _quantize(lhs, spec.activation_bits, axes),
+                     _quantize(rhs, spec.weight_bits, kernel_axes), bias,
+                     out_dtype or lhs.dtype)
   return product
 
 
@@ -102,12 +112,7 @@ def activation_product(text: str) -> products.Product:
     grids = [_quantize(x, spec.activation_bits,
                        _contracted(t, o, out) if spec.per_token else None)
              for x, t, o in ((lhs, a, b), (rhs, b, a))]
-    (qa, sa), (qb, sb) = grids
-    y = mixed_matmul.einsum(einsum, qa, qb).astype(jnp.float32)
-    y = y * _to_output(sa, a, out) * _to_output(sb, b, out)
-    if bias is not None:
-      y = y + bias.astype(jnp.float32)
-    return y.astype(out_dtype or lhs.dtype)
+    return _rescaled(einsum, *grids, bias, out_dtype or lhs.dtype)
   return product
 
 
