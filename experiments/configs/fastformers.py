@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.students = 'layers=1,3,5'
     c.distill.steps = 300
     c.prune.recovery_steps = 100
+    c.prune.heads_fraction = c.prune.ffn_fraction = 0.3  # 100 steps recover less
     c.prune.importance_examples = 256
     c.quantize.examples = 256
     c.speed.sentences = 256
@@ -38,6 +39,7 @@ def get_config(arg=None):
     c.students = 'layers=1'
     c.distill.steps = 4
     c.prune.recovery_steps = 2
+    c.prune.heads_fraction = c.prune.ffn_fraction = 0.3
     c.prune.importance_examples = 16
     c.quantize.examples = 16
     c.speed.sentences = 16
