@@ -26,6 +26,19 @@ from research.data.batching import BatchIterator
 _BOOKKEEPING = ('index', 'idx')
 
 
+def eval_batches(features: Sequence[dict], batch_size: int, *, max_length: int,
+                 pad_multiple: int, pad_id: int = 0) -> Iterator[tuple[np.ndarray, dict]]:
+  """Yields ``(index, batch)``: every feature once, in length-sorted batches of
+  `batch_size` rows (the last padded with rows of index -1 and weight 0); `batch` holds
+  the model's fields, `index` the rows' positions in `features`."""
+  # One bucket over the whole set: the non-shuffled order is simply sorted by length.
+  iterator = BatchIterator(features, batch_size, max_length=max_length,
+                           pad_multiple=pad_multiple, shuffle=False, num_epochs=1,
+                           bucket_batches=-(-len(features) // batch_size), pad_id=pad_id)
+  for batch in iterator:
+    yield batch['index'], {k: v for k, v in batch.items() if k not in _BOOKKEEPING}
+
+
 def batch_outputs(fn: Callable[[dict], Any], features: Sequence[dict], batch_size: int,
                   *, max_length: int, pad_multiple: int, pad_id: int = 0,
                   put: Callable[[dict], dict] = lambda b: b
@@ -46,14 +59,10 @@ def batch_outputs(fn: Callable[[dict], Any], features: Sequence[dict], batch_siz
     ``index``: int [rows] positions in `features` of the batch's real rows;
     ``outputs``: `fn`'s host (numpy) outputs of those rows, in the same order.
   """
-  # One bucket over the whole set: the non-shuffled order is simply sorted by length.
-  iterator = BatchIterator(features, batch_size, max_length=max_length,
-                           pad_multiple=pad_multiple, shuffle=False, num_epochs=1,
-                           bucket_batches=-(-len(features) // batch_size), pad_id=pad_id)
-  for batch in iterator:
-    index = batch['index']
+  for index, batch in eval_batches(features, batch_size, max_length=max_length,
+                                   pad_multiple=pad_multiple, pad_id=pad_id):
     real = index >= 0
-    out = fn(put({k: v for k, v in batch.items() if k not in _BOOKKEEPING}))
+    out = fn(put(batch))
     if isinstance(out, dict):  # to_host: on several processes, every process's rows
       out = {k: distributed.to_host(v)[real] for k, v in out.items()}
     else:

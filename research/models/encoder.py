@@ -182,6 +182,11 @@ class Mlp(nn.Module):
                       ('mlp', 'embed'), out_dtype=jnp.float32)(h)
 
 
+def _layer_norm(cfg: EncoderConfig) -> LayerNorm:
+  """A block's LayerNorm: output in compute_dtype, arithmetic by `cfg.nonlinear`."""
+  return LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
+
+
 class Layer(nn.Module):
   """One parameter set: an attention block and an FFN block, run separately.
 
@@ -198,9 +203,9 @@ class Layer(nn.Module):
   def setup(self):
     cfg = self.config
     self.attention = Attention(cfg, self.num_heads)
-    self.attention_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
+    self.attention_norm = _layer_norm(cfg)
     self.mlp = Mlp(cfg, self.ffn_width)
-    self.output_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
+    self.output_norm = _layer_norm(cfg)
     self.dropout = Dropout(cfg.hidden_dropout)
 
   def _residual(self, x, block, norm_name, deterministic):
@@ -246,7 +251,7 @@ class Encoder(nn.Module):
     self.layer = [Layer(cfg, heads.get(j, 0), widths.get(j, 0))
                   for j in range(cfg.parameter_sets)]
     if cfg.norm_position == 'pre':
-      self.final_norm = LayerNorm(cfg.layer_norm_eps, cfg.params_dtype, cfg.compute_dtype, cfg.nonlinear)
+      self.final_norm = _layer_norm(cfg)
     if cfg.use_pooler:
       self.pooler = projection(self, cfg, 'pooler', 'bi,io->bo',
                                (cfg.hidden_size, cfg.hidden_size), ('embed', 'embed_out'))

@@ -1,5 +1,5 @@
-"""Building blocks the encoder's modules share: activations, LayerNorm, projections and
-hooks at a module's sites.
+"""Building blocks the encoder's modules share: LayerNorm, projections and hooks at a
+module's sites (activations and the other non-linearities: `nonlinear.py`).
 
 `projection(parent, cfg, name, ...)` makes the projection module of the kind the config's
 rules pick for `parent`'s path + name (`projections.py`); `hook(parent, name, x)` passes an
@@ -18,11 +18,6 @@ from research.models.projections import logical_param  # pylint: disable=unused-
 from research.models.config import EncoderConfig
 
 Array = jax.Array
-
-
-def activation(name: str):
-  """The float activation function called `name` (see config.ACTIVATIONS)."""
-  return nonlinear.activation(name)
 
 
 def projection(parent: nn.Module, cfg: EncoderConfig, name: str, spec: str,

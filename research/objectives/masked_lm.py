@@ -35,7 +35,8 @@ import optax
 from research.data.encoded import IGNORE_INDEX
 from research.models import projections
 from research.models.config import EncoderConfig
-from research.models.layers import LayerNorm, activation
+from research.models.layers import LayerNorm
+from research.models.nonlinear import activation
 from research.objectives.base import Objective, weights_of
 
 

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from research.data import tasks
-from research.data.batching import BatchIterator
 from research.evaluate import gather
 from research.train import step as step_lib
 
@@ -81,15 +80,13 @@ def term_losses(model, terms: Sequence[Any], teachers: Sequence[Any] = ()
 
   def losses(params, features, *, teacher_params=(), aux=None, batch_size: int,
              max_length: int, pad_multiple: int, put=lambda b: b) -> dict[str, float]:
-    # The batches of `evaluate` (one length-sorted bucket; the last padded with rows of
-    # weight 0, which no term counts).
-    iterator = BatchIterator(features, batch_size, max_length=max_length,
-                             pad_multiple=pad_multiple, shuffle=False, num_epochs=1,
-                             bucket_batches=-(-len(features) // batch_size))
     sums = {t.name: np.zeros(2) for t in terms}
-    for batch in iterator:
-      batch = put({k: v for k, v in batch.items() if k not in ('index', 'idx')})
-      for name, (value, count) in batch_terms(params, batch, teacher_params, aux).items():
+    # The batches of `evaluate`; the padding rows of the last have weight 0, which no
+    # term counts.
+    for _, batch in gather.eval_batches(features, batch_size, max_length=max_length,
+                                        pad_multiple=pad_multiple):
+      for name, (value, count) in batch_terms(params, put(batch), teacher_params,
+                                              aux).items():
         sums[name] += (float(value) * float(count), float(count))
     means = {name: total / max(count, 1e-9) for name, (total, count) in sums.items()}
     means['loss'] = sum(t.weight * means[t.name] for t in terms)

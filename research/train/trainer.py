@@ -204,12 +204,11 @@ class _Loop:
     self.ckpt, self.eval_params, self.total_steps = ckpt, eval_params, total_steps
     self.model = model
     self.dev_losses, self.select_on_loss = dev_losses, select_on_loss
-    self.teacher_params = ()
     self.predict = evaluation.predict_fn(model)
     self.eval_every = config.eval_every or len(data.train_iter)
     self.checkpoint_every = config.checkpoint_every or self.eval_every
 
-  def evaluate(self, state) -> dict[str, float]:
+  def evaluate(self, state, teacher_params=()) -> dict[str, float]:
     c = self.config
     put = lambda b: sharding.put_global_batch(b, self.mesh)
     with self.mesh:
@@ -220,7 +219,7 @@ class _Loop:
       if self.dev_losses is not None:
         losses = self.dev_losses(
             self.eval_params(state), self.data.eval_features,
-            teacher_params=self.teacher_params, aux=state.get('aux'),
+            teacher_params=teacher_params, aux=state.get('aux'),
             batch_size=c.eval_batch_size, max_length=c.max_length,
             pad_multiple=c.pad_multiple, put=put)
         metrics['dev_loss'] = losses.pop('loss')
@@ -235,7 +234,6 @@ class _Loop:
 
   def run(self, state, step, teacher_params, batch_fields, best):
     c, data, ckpt = self.config, self.data, self.ckpt
-    self.teacher_params = teacher_params
     writer = MetricWriter(self.workdir)
     start = int(state['step'])
     progress = _Progress(start, self.total_steps)
@@ -265,7 +263,7 @@ class _Loop:
           progress.update(i, values)
           seen, t0 = 0, time.perf_counter()
         if evaluate:
-          last_eval = self.evaluate(state)
+          last_eval = self.evaluate(state, teacher_params)
           writer.write(i, 'eval', last_eval)
           progress.message(f'step {i}: ' + ', '.join(f'{k} {v:.2f}'
                                                      for k, v in last_eval.items()))
@@ -276,7 +274,7 @@ class _Loop:
         if save:
           ckpt.save(i, state, {'iterator': data.train_iter.state_dict(), 'best': best})
       if start >= self.total_steps:  # a finished run started again: its final metrics
-        last_eval = self.evaluate(state)
+        last_eval = self.evaluate(state, teacher_params)
     finally:
       writer.close()
       progress.close()

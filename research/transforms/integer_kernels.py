@@ -30,6 +30,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from research.transforms import qat
+
 Array = jax.Array
 
 PROB_BITS = 15  # softmax probabilities are int32 in units of 2**-15
@@ -44,8 +46,7 @@ def grid(x: Array, bits: int, per_token: bool = False, axes=None) -> tuple[Array
   xf = x.astype(jnp.float32)
   if axes is None:
     axes = (-1,) if per_token else tuple(range(x.ndim))
-  scale = jnp.max(jnp.abs(xf), axis=axes, keepdims=True) / (2.0 ** (bits - 1) - 1)
-  scale = jnp.where(scale > 0, scale, 1.0)
+  scale = qat.symmetric_scale(xf, bits, axes)
   return jnp.round(xf / scale).astype(jnp.int32), scale
 
 

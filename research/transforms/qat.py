@@ -44,6 +44,14 @@ Array = jax.Array
 ATTENTION_PRODUCTS = r'.*/attention/(scores|context)'
 
 
+def symmetric_scale(xf: jax.Array, bits: int, axes: Sequence[int]) -> jax.Array:
+  """max|xf| / (2^(bits-1) - 1) over `axes` (keepdims; 1 where all are 0): the one rule
+  of the symmetric grid, which the integer-only model also reads its integers by
+  (`integer_kernels.grid`), so it recovers the twin's values exactly."""
+  scale = jnp.max(jnp.abs(xf), axis=tuple(axes), keepdims=True) / (2.0 ** (bits - 1) - 1)
+  return jnp.where(scale > 0, scale, 1.0)
+
+
 def fake_quant(x: jax.Array, bits: int, axes: Sequence[int] | None = None,
                symmetric: bool = True) -> jax.Array:
   """Quantize-dequantize `x` to `bits` bits; the gradient is the identity (STE).
@@ -61,8 +69,7 @@ def fake_quant(x: jax.Array, bits: int, axes: Sequence[int] | None = None,
   xf = x.astype(jnp.float32)
   if symmetric:
     top = 2.0 ** (bits - 1) - 1
-    scale = jnp.max(jnp.abs(xf), axis=axes, keepdims=True) / top
-    scale = jnp.where(scale > 0, scale, 1.0)
+    scale = symmetric_scale(xf, bits, axes)
     q = jnp.clip(jnp.round(xf / scale), -top, top) * scale
   else:
     levels = 2.0 ** bits - 1
