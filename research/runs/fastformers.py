@@ -68,6 +68,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.speed = ml_collections.ConfigDict({
       'sentences': 0, 'batch_sizes': '1,32', 'rounds': 3, 'torch': True})
   c.eval_examples = 0  # dev examples scored (0 = all)
+  # Train data of the distillation and recovery stages ('' = the teacher run's): e.g. a
+  # TinyBERT-augmented folder from experiments/augment.py (its dev split is the task's).
+  c.data_dir = ''
   return c
 
 
@@ -106,6 +109,8 @@ def train_config(teacher_config, pipeline, init_from: str, teacher_ref: str, ste
   c.eval_every = c.checkpoint_every = steps
   if pipeline.eval_examples:
     c.eval_examples = pipeline.eval_examples
+  if pipeline.data_dir:
+    c.data_dir = pipeline.data_dir
   d = pipeline.distill
   c.optimizer.learning_rate = d.learning_rate
   c.distill.teachers, c.distill.mode, c.distill.checkpoint = teacher, 'in_step', which

@@ -67,22 +67,20 @@ def compare(run_ref: str, perturbations: Sequence[float] = PERTURBATIONS,
   start = time.time()
   data = run_data.load(run_ref, data_dir=data_dir, eval_examples=eval_examples or None)
   model, params = data.run.model, data.run.params
-  examples, features = data.dev
   scored, labels = {}, {}
   encoders = {'twin': model.encoder, 'integer': integer_only.integer_only(model.encoder)}
   encoders.update({eps: model.encoder.replace(nonlinear=(('.*', f'scaled:{eps!r}'),))
                    for eps in perturbations})
   for name, encoder in encoders.items():
     variant = model.clone(encoder=encoder)
-    outputs = data.outputs(variant, params, features)
-    scored[name] = float(variant.objective.score(data.run.spec, examples, features,
-                                                 outputs)[data.metric])
+    outputs = data.outputs(variant, params)
+    scored[name] = float(data.evaluate(variant, params, outputs=outputs)[data.metric])
     labels[name] = _labels(outputs)
   band = np.asarray([scored[eps] for eps in perturbations])
   report = {'metric': data.metric, 'twin': scored['twin'], 'integer': scored['integer'],
             'gap': scored['integer'] - scored['twin'],
             'perturbed': {repr(eps): scored[eps] for eps in perturbations},
-            'examples': len(features)}
+            'examples': len(data.dev[1])}
   if len(band):
     report['band'] = {'min': float(band.min()), 'max': float(band.max()),
                       'mean': float(band.mean()), 'std': float(band.std())}

@@ -81,11 +81,14 @@ class RunData:
     return evaluation.gather_predictions(lambda b: predict(params, b), features,
                                          c.eval_batch_size, c.max_length, c.pad_multiple)
 
-  def evaluate(self, model, params, examples=None, features=None) -> dict[str, float]:
-    """Every metric of `model` with `params` on the dev split (or the given one)."""
+  def evaluate(self, model, params, examples=None, features=None, outputs=None
+               ) -> dict[str, float]:
+    """Every metric of `model` with `params` on the dev split (or the given one);
+    `outputs` = its outputs there when the caller has them already."""
     if examples is None:
       examples, features = self.dev
-    outputs = self.outputs(model, params, features)
+    if outputs is None:
+      outputs = self.outputs(model, params, features)
     return model.objective.score(self.run.spec, examples, features, outputs)
 
   def score(self, model, params) -> float:

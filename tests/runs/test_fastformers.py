@@ -110,3 +110,14 @@ def test_narrowing_ranks_by_importance_unless_leading_is_named(make_tiny_run, tm
     fastformers.parse_student('layers=1 heads=2 order=best')
   with pytest.raises(ValueError, match='needs heads=, ffn= or hidden='):
     fastformers.parse_student('layers=1 order=leading')
+
+
+def test_student_stages_train_on_the_pipelines_data_dir(make_tiny_run, tmp_path):
+  teacher = make_tiny_run(1)
+  teacher_config = saved_runs.load_run(teacher).config
+  pipeline = configs.get_config('runlocal')
+  kept = fastformers.train_config(teacher_config, pipeline, teacher, f'{teacher}:best', 4)
+  assert kept.data_dir == teacher_config.data_dir     # '' = the teacher's data
+  pipeline.data_dir = str(tmp_path / 'augmented')       # e.g. experiments.augment's folder
+  moved = fastformers.train_config(teacher_config, pipeline, teacher, f'{teacher}:best', 4)
+  assert moved.data_dir == pipeline.data_dir and moved.distill.teachers == teacher
