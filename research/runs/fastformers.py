@@ -10,7 +10,8 @@ Stages, each a run folder under the workdir that the next starts from (`init_fro
      FFN units and hidden coordinates, `narrow.ranked_width`, or the leading ones),
      trained with the frozen teacher in the step (soft targets + hidden states);
   3. structured pruning of heads and FFN neurons by importance (Michel et al. 2019),
-     physically removed, then a short distillation recovery;
+     physically removed, then a short distillation recovery (no pruning when both
+     fractions are 0: the distilled student goes to int8);
   4. int8 post-training quantization (static activation scales, int8 x int8 -> int32).
 A rerun skips finished stages and resumes a killed training stage from its checkpoint.
 The report: dev accuracy, parameters, bytes on disk, sequences/s at each batch size on
@@ -59,6 +60,7 @@ def defaults() -> ml_collections.ConfigDict:
       'steps': 1200, 'learning_rate': 1e-4, 'alpha': 0.9, 'temperature': 2.0,
       'hidden_weight': 1.0, 'attention_weight': 0.0, 'layer_map': 'uniform'})
   # Structured pruning of each distilled student; recovery = distillation steps after.
+  # Both fractions 0: no pruning stage (the distilled student goes to int8).
   c.prune = ml_collections.ConfigDict({
       'heads_fraction': 0.6, 'ffn_fraction': 0.6, 'importance_examples': 512,
       'recovery_steps': 2400})
@@ -154,18 +156,22 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
     init = _student_init(teacher_ref, fields, stage.pop('init'), p.importance_examples)
     train_and_evaluate(train_config(teacher.config, pipeline, init, teacher_ref,
                                     pipeline.distill.steps), stage['distilled'])
-    if not _done(stage['pruned']):  # single-host stages: process 0 writes the folder
+    last = stage['distilled']
+    if not (p.heads_fraction or p.ffn_fraction):  # no pruning: distilled -> int8
+      del stage['pruned'], stage['recovered']
+    elif not _done(stage['pruned']):  # single-host stages: process 0 writes the folder
       distributed.on_primary('fastformers/prune', prune_lib.prune_run,
                              f'{stage["distilled"]}:best', stage['pruned'], p.heads_fraction,
                              p.ffn_fraction, p.importance_examples,
                              eval_examples=pipeline.eval_examples or None)
-    last = stage['pruned']
-    if p.recovery_steps:
-      train_and_evaluate(train_config(teacher.config, pipeline, stage['pruned'], teacher_ref,
-                                      p.recovery_steps), stage['recovered'])
-      last = stage['recovered']
-    else:
-      del stage['recovered']
+    if 'pruned' in stage:
+      last = stage['pruned']
+      if p.recovery_steps:
+        train_and_evaluate(train_config(teacher.config, pipeline, stage['pruned'],
+                                        teacher_ref, p.recovery_steps), stage['recovered'])
+        last = stage['recovered']
+      else:
+        del stage['recovered']
     if not _done(stage['int8']):
       distributed.on_primary('fastformers/int8', transform.transform_run, f'{last}:best',
                              stage['int8'], 'ptq', calibration=pipeline.quantize.calibration,
@@ -179,11 +185,12 @@ def stage_speedups(rows: list[dict], chains: dict, batches: list[int]) -> dict[s
   rate = {r['model']: r for r in rows}
   out = {}
   for name, stage in chains.items():
-    before_int8 = f'{name} recovered' if 'recovered' in stage else f'{name} pruned'
+    before_int8 = f'{name} {[k for k in stage if k != "int8"][-1]}'
     order = [('dynamic length', 'teacher, static length', 'teacher'),
-             ('distillation', 'teacher', f'{name} distilled'),
-             ('pruning', f'{name} distilled', before_int8),
-             ('int8', before_int8, f'{name} int8')]
+             ('distillation', 'teacher', f'{name} distilled')]
+    if 'pruned' in stage:
+      order.append(('pruning', f'{name} distilled', before_int8))
+    order.append(('int8', before_int8, f'{name} int8'))
     out[name] = {step: {f'b{b}': rate[after][f'seq_s_b{b}'] / rate[before][f'seq_s_b{b}']
                         for b in batches} for step, before, after in order}
   return out

@@ -121,3 +121,16 @@ def test_student_stages_train_on_the_pipelines_data_dir(make_tiny_run, tmp_path)
   pipeline.data_dir = str(tmp_path / 'augmented')       # e.g. experiments.augment's folder
   moved = fastformers.train_config(teacher_config, pipeline, teacher, f'{teacher}:best', 4)
   assert moved.data_dir == pipeline.data_dir and moved.distill.teachers == teacher
+
+
+def test_pipeline_without_pruning_goes_from_distilled_to_int8(make_tiny_run, tmp_path):
+  teacher = make_tiny_run(2)
+  pipeline = configs.get_config('runlocal')
+  pipeline.prune.heads_fraction = pipeline.prune.ffn_fraction = 0.0
+  pipeline.speed.batch_sizes = '4'
+  report = fastformers.compress(pipeline, f'{teacher}:best', str(tmp_path / 'out'))
+  assert sorted(os.listdir(tmp_path / 'out' / 'L1')) == ['distilled', 'init', 'int8']
+  assert set(report['stages']['L1']) == {'dynamic length', 'distillation', 'int8'}
+  rows = {r['model']: r for r in report['rows']}
+  assert set(rows) == {'teacher', 'L1 distilled', 'L1 int8', 'teacher, static length'}
+  assert rows['L1 int8']['heads'] == rows['L1 distilled']['heads'] == 4  # nothing removed
