@@ -6,6 +6,9 @@ r"""FastFormers-style compression of a fine-tuned run (Kim & Awadalla 2020), as 
     # the CPU-sized version the main job (`make run`) ends with (~7 minutes):
     python -m experiments.compress --config experiments/configs/fastformers.py:cpu_budget \
         --teacher runs/sst2_main:best --workdir runs/sst2_main/compressed
+    # distil and recover on TinyBERT-augmented train data (experiments/augment.py):
+    python -m experiments.compress --config experiments/configs/fastformers.py \
+        --config.data_dir=data/mrpc_aug --teacher runs/mrpc_main:best --workdir runs/ff_aug
     # tiny smoke run (tests, notebooks):
     python -m experiments.compress --config experiments/configs/fastformers.py:runlocal ...
 

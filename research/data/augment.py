@@ -22,6 +22,8 @@ once per width.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -89,8 +91,16 @@ def propose(texts: Sequence[str], tokenizer, logits_at: LogitsAt, params: Any, *
   by_width: dict[int, list] = {}
   for row in rows:
     by_width.setdefault(-(-len(row[2]) // 32) * 32, []).append(row)
+  # One masked-LM row per word: a full train set is ~10^5 rows, so say how far it is.
+  logging.info('augment: %d masked-LM rows for %d texts', len(rows), len(texts))
+  done, started, last_note = 0, time.perf_counter(), time.perf_counter()
   for width, group in by_width.items():
     for start in range(0, len(group), batch_size):
+      if time.perf_counter() - last_note > 60:
+        last_note = time.perf_counter()
+        rate = done / (last_note - started)
+        logging.info('augment: %d / %d rows, %.0f rows/s, ~%.0f min left', done, len(rows),
+                     rate, (len(rows) - done) / max(rate, 1e-9) / 60)
       chunk = group[start:start + batch_size]
       n = len(chunk)
       ids = np.zeros((batch_size, width), np.int32)
@@ -105,6 +115,7 @@ def propose(texts: Sequence[str], tokenizer, logits_at: LogitsAt, params: Any, *
                             jnp.asarray(positions), jnp.asarray(original)))[:n]
       for (t, w, _, _), choice in zip(chunk, best):
         parsed[t][0][w].candidates = tokenizer.convert_ids_to_tokens(choice.tolist())
+      done += n
   return [words for words, _ in parsed]
 
 
