@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 
 install: $(STAMP)
 
-# The main job: fine-tune on SST-2, then compress that run (distil, prune, int8) and
+# The main job: fine-tune on SST-2, then compress that run (a 3-layer student, int8) and
 # print the accuracy / size / speed table (runs/sst2_main/compressed/pareto.png).
 run: $(STAMP)
 	$(BIN)/python -m experiments.main --config experiments/configs/glue.py:task=sst2,cpu_budget --workdir runs/sst2_main
