@@ -156,27 +156,24 @@ def run_stages(pipeline, teacher_ref: str, workdir: str) -> dict[str, dict[str, 
     init = _student_init(teacher_ref, fields, stage.pop('init'), p.importance_examples)
     train_and_evaluate(train_config(teacher.config, pipeline, init, teacher_ref,
                                     pipeline.distill.steps), stage['distilled'])
-    last = stage['distilled']
-    if not (p.heads_fraction or p.ffn_fraction):  # no pruning: distilled -> int8
-      del stage['pruned'], stage['recovered']
-    elif not _done(stage['pruned']):  # single-host stages: process 0 writes the folder
-      distributed.on_primary('fastformers/prune', prune_lib.prune_run,
-                             f'{stage["distilled"]}:best', stage['pruned'], p.heads_fraction,
-                             p.ffn_fraction, p.importance_examples,
-                             eval_examples=pipeline.eval_examples or None)
-    if 'pruned' in stage:
-      last = stage['pruned']
+    ran = ['distilled']  # the stages this chain runs, in order; the report follows them
+    if p.heads_fraction or p.ffn_fraction:  # both 0: no pruning, distilled -> int8
+      if not _done(stage['pruned']):  # single-host stages: process 0 writes the folder
+        distributed.on_primary('fastformers/prune', prune_lib.prune_run,
+                               f'{stage["distilled"]}:best', stage['pruned'],
+                               p.heads_fraction, p.ffn_fraction, p.importance_examples,
+                               eval_examples=pipeline.eval_examples or None)
+      ran.append('pruned')
       if p.recovery_steps:
         train_and_evaluate(train_config(teacher.config, pipeline, stage['pruned'],
                                         teacher_ref, p.recovery_steps), stage['recovered'])
-        last = stage['recovered']
-      else:
-        del stage['recovered']
+        ran.append('recovered')
+    last = stage[ran[-1]]
     if not _done(stage['int8']):
       distributed.on_primary('fastformers/int8', transform.transform_run, f'{last}:best',
                              stage['int8'], 'ptq', calibration=pipeline.quantize.calibration,
                              calibration_examples=pipeline.quantize.examples)
-    chains[name] = stage
+    chains[name] = {k: stage[k] for k in ran + ['int8']}
   return chains
 
 
